@@ -1,0 +1,31 @@
+"""grndiff — graph-based gene-regulatory diffusion (rectified-flow) models of single-cell expression.
+
+Submodules load on first use, so ``import grndiff`` stays fast::
+
+    import grndiff as gd
+    adata = gd.datasets.kang2018()
+    gd.GRNDiff.setup_anndata(adata, layer="counts", condition_keys=["cell_type", "condition"])
+    model = gd.GRNDiff(adata, prior="collectri", modules="hallmark")
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {"priors", "graph", "data", "datasets", "nn", "flow", "train", "metrics", "baselines", "tl", "pl"}
+_ATTRS = {"GRNDiff": "grndiff.model", "GeneGraph": "grndiff.graph", "setup_anndata": "grndiff.data"}
+
+__all__ = sorted(_SUBMODULES | set(_ATTRS) | {"__version__"})
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"grndiff.{name}")
+    if name in _ATTRS:
+        return getattr(importlib.import_module(_ATTRS[name]), name)
+    raise AttributeError(f"module 'grndiff' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,16 @@
+"""Pure-torch model components (no AnnData). Axis glossary: B cells, G genes, E edges,
+P module tokens, D hidden, H heads."""
+from .baselines import MLPVelocity, gene_token_transformer, modules_only
+from .blocks import AdaLNBlock, FinalLayer, FullAttention, GraphDiTBlock, TokenBlock, modulate
+from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder
+from .embed import GeneEmbedder, TimestepEmbedder
+from .graph_attention import GraphAttention
+from .pooling import ModulePooling
+from .transformer import GRNTransformer
+
+__all__ = [
+    "AdaLNBlock", "ConditionEmbedder", "ConditionSpec", "FinalLayer", "FullAttention", "GRNTransformer",
+    "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "MLPVelocity", "ModulePooling",
+    "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "gene_token_transformer", "modulate",
+    "modules_only",
+]

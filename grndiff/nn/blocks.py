@@ -1,0 +1,108 @@
+"""DiT-style blocks with adaLN-Zero modulation (Peebles & Xie 2023, "Scalable Diffusion Models
+with Transformers"): LayerNorm without affine, shift/scale/gate regressed from the conditioning
+vector ``c`` (B, D), modulation outputs zero-initialised so every block starts as the identity.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .graph_attention import GraphAttention
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, N, D), ``shift``/``scale`` (B, D) → (B, N, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, hidden: int, ratio: float = 2.0):
+        super().__init__()
+        inner = int(hidden * ratio)
+        self.fc1, self.fc2 = nn.Linear(hidden, inner), nn.Linear(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNBlock(nn.Module):
+    """``x + gate·mixer(modulate(LN(x)))`` then ``x + gate·MLP(modulate(LN(x)))``.
+
+    ``mixer`` maps (B, N, D) → (B, N, D): graph attention over genes or full attention over tokens.
+    """
+
+    def __init__(self, hidden: int, mixer: nn.Module, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mixer = mixer
+        self.mlp = Mlp(hidden, mlp_ratio)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        # zero-init: the block starts as the identity (adaLN-Zero)
+        nn.init.zeros_(self.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.adaLN_modulation[-1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, N, D), ``c`` (B, D) → (B, N, D)."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)  # (B, D) each
+        x = x + g1.unsqueeze(1) * self.mixer(modulate(self.norm1(x), sh1, sc1))
+        x = x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        return x
+
+
+class GraphDiTBlock(AdaLNBlock):
+    """adaLN-Zero block whose mixer is :class:`GraphAttention` over the shared gene graph."""
+
+    def __init__(self, hidden: int, heads: int, n_genes: int, edge_index: torch.Tensor,
+                 edge_sign=None, edge_weight=None, edge_type=None, mode: str = "shared",
+                 mlp_ratio: float = 2.0):
+        attn = GraphAttention(hidden, heads, n_genes, edge_index, edge_sign, edge_weight, edge_type, mode=mode)
+        super().__init__(hidden, attn, mlp_ratio)
+
+    @property
+    def attn(self) -> GraphAttention:
+        return self.mixer
+
+
+class FullAttention(nn.Module):
+    """Multi-head self-attention over all N tokens (``scaled_dot_product_attention``)."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} is not divisible by heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, d)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class TokenBlock(AdaLNBlock):
+    """adaLN-Zero block with full attention over P pathway tokens (or all genes)."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 2.0):
+        super().__init__(hidden, FullAttention(hidden, heads), mlp_ratio)
+
+
+class FinalLayer(nn.Module):
+    """adaLN + linear read-out of one scalar per node; zero-initialised so v ≡ 0 at init."""
+
+    def __init__(self, hidden: int, out: int = 1):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden, out)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        for lin in (self.linear, self.adaLN_modulation[-1]):  # zero-init: output 0 at init
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, N, D), ``c`` (B, D) → (B, N, out)."""
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))

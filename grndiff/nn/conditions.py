@@ -1,0 +1,179 @@
+"""Condition embedders: every kind of condition becomes one vector per cell, summed into ``c``.
+
+Kinds (codes produced by ``grndiff.data``; here only tensors):
+
+========== =================== ============================================================
+kind        input               embedding
+========== =================== ============================================================
+categorical (B,) long, 0 = null  ``Embedding(K + 1, D)``; row 0 is the null token (CFG)
+continuous  (B,) float, NaN=null MLP on the standardised value; a learned null vector for NaN
+set         (B, S) long, 0 = pad  Deep Sets (Zaheer et al. 2017): MLP(Σ embeddings); empty → null
+hierarchical (B, L) long         sum of one categorical embedding per level
+========== =================== ============================================================
+
+Genetic perturbations are node interventions: :class:`PerturbationEmbedder` adds a learned flag
+to the perturbed genes' nodes and a permutation-invariant summary of their identities to ``c``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+KINDS = ("categorical", "continuous", "set", "hierarchical")
+
+
+@dataclass
+class ConditionSpec:
+    """What the model needs to know about one condition (plain, serialisable).
+
+    ``n_categories`` counts real categories (the null token is extra); for ``hierarchical`` use
+    ``levels`` (categories per level, coarse → fine).
+    """
+
+    name: str
+    kind: str
+    n_categories: int = 0
+    levels: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"condition {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConditionSpec":
+        levels = d.get("levels") or d.get("levels_n_categories") or []
+        return cls(name=d["name"], kind=d["kind"], n_categories=int(d.get("n_categories", 0) or 0),
+                   levels=[int(v) for v in levels])
+
+
+class ConditionEmbedder(nn.Module):
+    """Sum of per-condition embeddings → (B, D); zero vector when there are no conditions.
+
+    Parameters
+    ----------
+    specs
+        One :class:`ConditionSpec` (or dict) per condition.
+    hidden
+        ``D``.
+    dropout_prob
+        Probability, during training, of replacing ALL of a cell's conditions by their null tokens
+        (classifier-free guidance, Ho & Salimans 2022).
+    """
+
+    def __init__(self, specs, hidden: int, dropout_prob: float = 0.1):
+        super().__init__()
+        self.specs = [s if isinstance(s, ConditionSpec) else ConditionSpec.from_dict(s) for s in specs]
+        self.hidden, self.dropout_prob = hidden, dropout_prob
+        self.embedders = nn.ModuleDict()
+        for s in self.specs:
+            if s.kind == "categorical":
+                self.embedders[s.name] = nn.Embedding(s.n_categories + 1, hidden)
+            elif s.kind == "continuous":
+                self.embedders[s.name] = _ContinuousEmbedder(hidden)
+            elif s.kind == "set":
+                self.embedders[s.name] = _SetEmbedder(s.n_categories, hidden)
+            else:
+                self.embedders[s.name] = nn.ModuleList(nn.Embedding(k + 1, hidden) for k in s.levels)
+
+    def null_like(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The same conditions with every entry replaced by its null token."""
+        out = {}
+        for s in self.specs:
+            v = cond[s.name]
+            out[s.name] = torch.full_like(v, float("nan")) if s.kind == "continuous" else torch.zeros_like(v)
+        return out
+
+    def drop(self, cond: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Null the conditions of cells where ``mask`` (B,) bool is True."""
+        null = self.null_like(cond)
+        out = {}
+        for s in self.specs:
+            v, m = cond[s.name], mask.view(-1, *([1] * (cond[s.name].dim() - 1)))
+            out[s.name] = torch.where(m, null[s.name], v)
+        return out
+
+    def forward(self, cond: dict[str, torch.Tensor] | None, batch_size: int, device=None,
+                force_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """→ (B, D). Missing names raise a KeyError naming them."""
+        out = torch.zeros(batch_size, self.hidden, device=device)
+        if not self.specs:
+            return out
+        cond = cond or {}
+        missing = [s.name for s in self.specs if s.name not in cond]
+        if missing:
+            raise KeyError(f"conditions {missing} are missing from the batch (known: {[s.name for s in self.specs]})")
+        if force_drop is not None:
+            cond = self.drop(cond, force_drop)
+        elif self.training and self.dropout_prob > 0:
+            cond = self.drop(cond, torch.rand(batch_size, device=out.device) < self.dropout_prob)
+        for s in self.specs:
+            v, emb = cond[s.name], self.embedders[s.name]
+            if s.kind == "hierarchical":
+                out = out + sum(e(v[:, i].long()) for i, e in enumerate(emb))
+            elif s.kind == "categorical":
+                out = out + emb(v.long())
+            else:
+                out = out + emb(v)
+        return out
+
+
+class _ContinuousEmbedder(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.null = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.float()
+        isnull = torch.isnan(v)
+        e = self.mlp(torch.nan_to_num(v).unsqueeze(-1))  # (B, D)
+        return torch.where(isnull.unsqueeze(-1), self.null.expand_as(e), e)
+
+
+class _SetEmbedder(nn.Module):
+    """Permutation-invariant: ρ(Σ_s φ(e_s)); an empty set (all padding) is the null token."""
+
+    def __init__(self, n_categories: int, hidden: int):
+        super().__init__()
+        self.emb = nn.Embedding(n_categories + 1, hidden, padding_idx=0)
+        self.rho = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden))
+        self.null = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.long()
+        if v.dim() == 1:
+            v = v.unsqueeze(-1)
+        e = self.rho(self.emb(v).sum(1))  # (B, D)
+        empty = (v == 0).all(1, keepdim=True)
+        return torch.where(empty, self.null.expand_as(e), e)
+
+
+class PerturbationEmbedder(nn.Module):
+    """Gene perturbations as node interventions.
+
+    ``pert`` (B, S) long gene indices, ``-1`` padded. Returns a node term (B, G, D) — a learned
+    knock-out flag on each perturbed gene — and a global term (B, D) — an MLP of the sum of the
+    perturbed genes' identity embeddings — so a gene never perturbed in training still has a
+    meaningful embedding through its node and graph neighbourhood.
+    """
+
+    def __init__(self, n_genes: int, hidden: int):
+        super().__init__()
+        self.n_genes = n_genes
+        self.flag = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.global_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, pert: torch.Tensor, gene_identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pert`` (B, S), ``gene_identity`` (G, D) → node (B, G, D), global (B, D)."""
+        B = pert.shape[0]
+        valid = pert >= 0
+        idx = pert.clamp_min(0)
+        onehot = torch.zeros(B, self.n_genes, device=pert.device, dtype=gene_identity.dtype)
+        onehot.scatter_add_(1, idx, valid.to(onehot.dtype))
+        onehot = onehot.clamp_max(1.0)  # (B, G)
+        node = onehot.unsqueeze(-1) * self.flag  # (B, G, D)
+        summed = onehot @ gene_identity  # (B, D)
+        has = valid.any(1, keepdim=True).to(summed.dtype)
+        return node, self.global_mlp(summed) * has

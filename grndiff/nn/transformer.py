@@ -1,0 +1,165 @@
+"""The graph diffusion transformer: velocity ``v(x_t, t, c)`` of a rectified flow over genes.
+
+::
+
+    x_t (B, G) ─► GeneEmbedder ─► (+ perturbation flags on perturbed nodes) ─► h (B, G, D)
+    t, conditions ─► c = t_emb + cond_emb (+ perturbation summary)            (B, D)
+    h ─► [GraphDiTBlock]×⌈L/2⌉ ─► ModulePooling ─► [TokenBlock]×M ─► unpool (+h)
+      ─► [GraphDiTBlock]×⌊L/2⌋ ─► FinalLayer ─► v (B, G)
+
+Every block is adaLN-Zero and the final layer is zero-initialised: ``v ≡ 0`` at init.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import FinalLayer, GraphDiTBlock, TokenBlock
+from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder
+from .embed import GeneEmbedder, TimestepEmbedder
+from .pooling import ModulePooling
+
+
+class GRNTransformer(nn.Module):
+    """Graph transformer velocity field over one shared gene graph.
+
+    Parameters
+    ----------
+    n_genes
+        ``G``.
+    edge_index, edge_sign, edge_weight, edge_type
+        The gene graph (see :class:`grndiff.graph.GeneGraph`): ``(2, E)`` and ``(E,)`` tensors.
+        ``None`` → self-loops only (no message passing between genes).
+    condition_specs
+        :class:`ConditionSpec` or dicts ``{"name", "kind", "n_categories"}``.
+    membership
+        ``(G, P)`` prior module membership; enables module pooling.
+    hidden, heads, depth, token_depth
+        Width ``D``, heads ``H``, graph blocks ``L``, token blocks ``M``. Defaults are sized for
+        CPU training on ~1–2k genes (DiT-S-like width, shallow).
+    n_learned_modules
+        Learned soft modules added to (or replacing) the prior ones.
+    mode
+        Graph attention mode: ``"shared"`` (one sparse matmul per layer, the default — see
+        ``benchmarks/results/kernel.md``) or ``"dynamic"`` (per-cell attention logits).
+    mixer
+        ``"graph"`` (edge-restricted attention) or ``"full"`` (full attention over all genes: the
+        gene-token baseline; memory grows as G²).
+    perturbation
+        Add a :class:`PerturbationEmbedder` for gene knock-outs given as ``pert`` (B, S).
+    cond_dropout
+        Classifier-free guidance dropout probability.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        edge_index: torch.Tensor | None = None,
+        edge_sign: torch.Tensor | None = None,
+        edge_weight: torch.Tensor | None = None,
+        edge_type: torch.Tensor | None = None,
+        condition_specs=(),
+        membership: torch.Tensor | None = None,
+        *,
+        hidden: int = 64,
+        heads: int = 4,
+        depth: int = 4,
+        token_depth: int = 2,
+        n_learned_modules: int = 0,
+        init_learned_from_prior: bool = False,
+        mode: str = "shared",
+        mixer: str = "graph",
+        mlp_ratio: float = 2.0,
+        value_embedding: str = "fourier",
+        perturbation: bool = False,
+        cond_dropout: float = 0.1,
+    ):
+        super().__init__()
+        if mixer not in ("graph", "full"):
+            raise ValueError(f"mixer must be 'graph' or 'full', got {mixer!r}")
+        if edge_index is None:  # self-loops only: a node-wise model
+            edge_index = torch.arange(n_genes).repeat(2, 1)
+            edge_type = torch.full((n_genes,), 2, dtype=torch.long)
+        self.n_genes, self.hidden = n_genes, hidden
+        self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
+        self.t_embed = TimestepEmbedder(hidden)
+        self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
+        self.pert_embed = PerturbationEmbedder(n_genes, hidden) if perturbation else None
+
+        def block():
+            if mixer == "full":
+                return TokenBlock(hidden, heads, mlp_ratio)
+            return GraphDiTBlock(hidden, heads, n_genes, edge_index, edge_sign, edge_weight, edge_type,
+                                 mode=mode, mlp_ratio=mlp_ratio)
+
+        n_pre = (depth + 1) // 2
+        self.blocks_pre = nn.ModuleList(block() for _ in range(n_pre))
+        self.blocks_post = nn.ModuleList(block() for _ in range(depth - n_pre))
+        if membership is not None or n_learned_modules:
+            self.pooling = ModulePooling(n_genes, hidden, membership, n_learned_modules, init_learned_from_prior)
+            self.token_blocks = nn.ModuleList(TokenBlock(hidden, heads, mlp_ratio) for _ in range(token_depth))
+        else:
+            self.pooling, self.token_blocks = None, nn.ModuleList()
+        self.final = FinalLayer(hidden)
+
+    @property
+    def condition_specs(self) -> list[ConditionSpec]:
+        return self.cond_embed.specs
+
+    def conditioning(self, t: torch.Tensor, cond, pert, B: int, force_drop=None):
+        c = self.t_embed(t) + self.cond_embed(cond, B, device=t.device, force_drop=force_drop)  # (B, D)
+        node = None
+        if self.pert_embed is not None and pert is not None:
+            node, glob = self.pert_embed(pert, self.embed.identity.weight)
+            c = c + glob
+        return c, node
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None,
+                pert: torch.Tensor | None = None, *, force_drop: torch.Tensor | None = None,
+                return_tokens: bool = False):
+        """Velocity at ``x`` (B, G), time ``t`` (B,) or scalar.
+
+        Returns
+        -------
+        v : (B, G); with ``return_tokens=True`` also a dict with ``tokens`` (B, P, D) and
+        ``activity`` (B, P) (empty dict without module pooling).
+        """
+        B, G = x.shape
+        if G != self.n_genes:
+            raise ValueError(f"x has {G} genes, the model was built for {self.n_genes}")
+        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(B) if torch.as_tensor(t).dim() == 0 else t
+        c, node = self.conditioning(t, cond, pert, B, force_drop)
+        h = self.embed(x)  # (B, G, D)
+        if node is not None:
+            h = h + node
+        for blk in self.blocks_pre:
+            h = blk(h, c)
+        extras = {}
+        if self.pooling is not None:
+            tok = self.pooling.pool(h)  # (B, P, D)
+            for tb in self.token_blocks:
+                tok = tb(tok, c)
+            h = h + self.pooling.unpool(tok)  # (B, G, D)
+            if return_tokens:
+                extras = {"tokens": tok, "activity": self.pooling.activity(tok)}
+        for blk in self.blocks_post:
+            h = blk(h, c)
+        v = self.final(h, c).squeeze(-1)  # (B, G)
+        return (v, extras) if return_tokens else v
+
+    def forward_with_cfg(self, x, t, cond=None, pert=None, guidance: float = 1.0) -> torch.Tensor:
+        """Classifier-free guidance, both halves in one batch: ``v_u + w (v_c − v_u)`` → (B, G)."""
+        if guidance == 1.0 or not self.condition_specs:
+            return self(x, t, cond, pert)
+        B = x.shape[0]
+        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(B) if torch.as_tensor(t).dim() == 0 else t
+        cond2 = {k: torch.cat([v, v]) for k, v in cond.items()}
+        drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
+        pert2 = None if pert is None else torch.cat([pert, pert])
+        v = self(torch.cat([x, x]), torch.cat([t, t]), cond2, pert2, force_drop=drop)
+        v_c, v_u = v.chunk(2)
+        return v_u + guidance * (v_c - v_u)
+
+    def graph_layers(self) -> list:
+        """The GraphAttention modules, in order (for interpretation plots)."""
+        return [b.mixer for b in list(self.blocks_pre) + list(self.blocks_post) if isinstance(b, GraphDiTBlock)]
