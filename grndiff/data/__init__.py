@@ -1,0 +1,27 @@
+"""The AnnData side of grndiff: registration, normalisation, condition codes, batches.
+
+::
+
+    setup_anndata(adata, layer="counts", condition_keys=["cell_type", "condition"])
+    proc = ExpressionProcessor().fit(adata)          # layer kind, gene scaler, condition encoders
+    dm = GRNDataModule(proc.prepare(adata), proc.scaler, adata.obs, batch_size=128)
+
+Nothing here imports :mod:`grndiff.nn`, :mod:`grndiff.flow` or :mod:`grndiff.train`.
+"""
+from .condition_set import ConditionSet
+from .conditions import (CategoricalEncoder, ContinuousEncoder, HierarchicalEncoder, PerturbationEncoder, SetEncoder,
+                         UnknownConditionError, split_combo)
+from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
+from .module import GRNDataModule, holdout_mask, split_indices
+from .normalize import (LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k,
+                        log1p_normalized_copy)
+from .processor import CellData, ExpressionProcessor
+from .setup import get_setup, setup_anndata
+
+__all__ = [
+    "BatchIndex", "CategoricalEncoder", "CellBatchSampler", "CellData", "CellDataset", "ConditionSet",
+    "ContinuousEncoder", "ControlPairing", "ExpressionProcessor", "GRNDataModule", "GeneScaler",
+    "HierarchicalEncoder", "LOG_MAX", "MIN_STD", "PerturbationEncoder", "SetEncoder", "UnknownConditionError",
+    "check_values", "detect_kind", "get_setup", "holdout_mask", "log1p_cp10k", "log1p_normalized_copy",
+    "match_groups", "setup_anndata", "split_combo", "split_indices",
+]

@@ -1,0 +1,259 @@
+"""Register an AnnData's fields once: ``setup_anndata`` validates them and writes a plain-dict
+record into ``adata.uns["_grndiff"]``; ``get_setup`` reads it back.
+
+Nothing else in the AnnData is touched: no layer is added, no column converted, ``X`` stays as it
+is. Everything derived (normalised matrix, condition codes) is computed later, on demand, by
+:class:`~grndiff.data.ExpressionProcessor`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .normalize import KINDS, detect_kind
+
+log = logging.getLogger("grndiff")
+
+UNS_KEY = "_grndiff"
+SETUP_VERSION = 1
+PERTURBATION_KINDS = ("ko", "kd", "crispri", "crispra", "oe")
+
+
+def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[str] | None = None,
+                  continuous_keys: Sequence[str] | None = None, set_keys: Sequence[str] | None = None,
+                  hierarchy: Sequence[str] | None = None, perturbation_key: str | None = None,
+                  control: str = "control", perturbation_kind: str = "ko", combo_sep: str = "+",
+                  symbol_key: str | None = None, kind: str | None = None,
+                  control_obs: dict[str, Any] | None = None, allow_missing_genes: bool = False) -> None:
+    """Validate and register the fields of ``adata`` that grndiff will use.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes (N, G). Only ``adata.uns["_grndiff"]`` is written.
+    layer
+        Expression layer (``adata.layers[layer]``); ``None`` uses ``adata.X``. Raw counts or
+        log1p-normalised values (detected, see :func:`~grndiff.data.detect_kind`).
+    condition_keys
+        Categorical ``obs`` columns (cell type, stimulation, donor...).
+    continuous_keys
+        Numeric ``obs`` columns (dose, age...), standardised.
+    set_keys
+        ``obs`` columns whose values are sets joined by ``combo_sep`` (drugs, non-gene
+        perturbations: ``"dex+nutlin"``); the ``control`` label is the empty set.
+    hierarchy
+        Ordered ``obs`` keys, coarse → fine (``["tissue", "cell_type"]``), encoded together.
+    perturbation_key
+        ``obs`` column of gene perturbations (``"KLF1"``, ``"KLF1+CEBPA"``; ``control`` = none).
+        Genes are matched to ``var_names`` (or to ``var[symbol_key]``).
+    control
+        Label meaning "no perturbation" in ``perturbation_key`` and ``set_keys``.
+    perturbation_kind
+        ``"ko"``, ``"kd"``, ``"crispri"``, ``"crispra"`` or ``"oe"`` (recorded for the model).
+    combo_sep
+        Separator of combined perturbations.
+    symbol_key
+        ``var`` column with gene symbols, when ``var_names`` are Ensembl ids.
+    kind
+        ``"counts"`` or ``"log"`` to declare the layer; ``None`` detects it (a layer named
+        ``"counts"`` is declared counts by its name).
+    control_obs
+        ``{obs key: value or [values]}`` selecting control cells for ``source="control"`` when
+        there is no ``perturbation_key``, e.g. ``{"condition": "ctrl"}``.
+    allow_missing_genes
+        Drop (with a warning) perturbed genes that are not among the measured genes instead of
+        raising.
+
+    Raises
+    ------
+    KeyError
+        A key is not in ``adata.obs`` / ``adata.var`` / ``adata.layers``.
+    ValueError
+        Empty AnnData, duplicated names, NaN in a condition column, bad expression values.
+    """
+    _check_shape_and_names(adata)
+    lists = {"condition_keys": _as_list(condition_keys, "condition_keys"),
+             "continuous_keys": _as_list(continuous_keys, "continuous_keys"),
+             "set_keys": _as_list(set_keys, "set_keys"), "hierarchy": _as_list(hierarchy, "hierarchy")}
+    if perturbation_kind not in PERTURBATION_KINDS:
+        raise ValueError(f"perturbation_kind must be one of {PERTURBATION_KINDS}, got {perturbation_kind!r}")
+    if not isinstance(combo_sep, str) or not combo_sep:
+        raise ValueError(f"combo_sep must be a non-empty string such as '+', got {combo_sep!r}")
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None (detect), got {kind!r}")
+
+    roles = [(k, role) for role, ks in lists.items() for k in ks]
+    if perturbation_key is not None:
+        roles.append((perturbation_key, "perturbation_key"))
+    seen: dict[str, str] = {}
+    for key, role in roles:
+        if key in seen:
+            raise ValueError(f"obs column {key!r} is registered twice ({seen[key]} and {role}); give each "
+                             "column one role")
+        seen[key] = role
+        _check_obs_key(adata, key, role)
+    labelled = lists["condition_keys"] + lists["set_keys"] + lists["hierarchy"]
+    for key in labelled + ([perturbation_key] if perturbation_key else []):
+        _check_no_nan(adata, key)
+    for key in lists["continuous_keys"]:
+        _check_continuous(adata, key)
+    if perturbation_key is not None:
+        _check_has_control(adata, perturbation_key, control)
+    if symbol_key is not None:
+        if symbol_key not in adata.var.columns:
+            raise KeyError(f"symbol_key={symbol_key!r} is not a column of adata.var "
+                           f"(columns: {list(adata.var.columns)})")
+        n_nan = int(adata.var[symbol_key].isna().sum())
+        if n_nan:
+            raise ValueError(f"adata.var[{symbol_key!r}] has {n_nan} genes without a symbol (NaN); fill them, e.g. "
+                             f"adata.var[{symbol_key!r}] = adata.var[{symbol_key!r}].fillna(pd.Series(adata.var_names, "
+                             "index=adata.var_names))")
+    control_obs = _check_control_obs(adata, control_obs)
+
+    X, field = _get_matrix(adata, layer)
+    declared = kind if kind is not None else ("counts" if layer == "counts" else None)
+    found = detect_kind(X, field=field, declared=declared)
+    log.info("grndiff: %s holds %s", field, "raw counts (→ CP10k + log1p)" if found == "counts" else "log1p values")
+
+    record = {
+        "version": SETUP_VERSION, "layer": layer, "kind": found, "condition_keys": lists["condition_keys"],
+        "continuous_keys": lists["continuous_keys"], "set_keys": lists["set_keys"], "hierarchy": lists["hierarchy"],
+        "perturbation_key": perturbation_key, "control": str(control), "perturbation_kind": perturbation_kind,
+        "combo_sep": combo_sep, "symbol_key": symbol_key, "control_obs": control_obs,
+        "allow_missing_genes": bool(allow_missing_genes), "n_obs": int(adata.n_obs), "n_vars": int(adata.n_vars),
+    }
+    # None values are left out: older anndata versions cannot write None into .uns (h5ad)
+    adata.uns[UNS_KEY] = {k: v for k, v in record.items() if v is not None}
+
+
+_DEFAULTS = {"layer": None, "kind": None, "condition_keys": [], "continuous_keys": [], "set_keys": [], "hierarchy": [],
+             "perturbation_key": None, "control": "control", "perturbation_kind": "ko", "combo_sep": "+",
+             "symbol_key": None, "control_obs": None, "allow_missing_genes": False}
+
+
+def get_setup(adata) -> dict:
+    """The record written by :func:`setup_anndata`, as plain Python types (lists, str, bool, None).
+
+    Raises
+    ------
+    ValueError
+        When ``setup_anndata`` was not run on this AnnData (or on the object it was copied from).
+    """
+    rec = getattr(adata, "uns", {}).get(UNS_KEY)
+    if rec is None:
+        raise ValueError("this AnnData was not registered: adata.uns['_grndiff'] is missing. Run "
+                         "grndiff.GRNDiff.setup_anndata(adata, layer=..., condition_keys=[...]) first "
+                         "(setup is lost when the AnnData is rebuilt instead of copied/sliced).")
+    rec = _plain(dict(rec))
+    out = {**_DEFAULTS, **rec}
+    for k in ("condition_keys", "continuous_keys", "set_keys", "hierarchy"):
+        out[k] = [str(v) for v in (out[k] or [])]
+    if out["control_obs"]:
+        out["control_obs"] = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])]
+                              for k, v in out["control_obs"].items()}
+    return out
+
+
+# ---------------------------------------------------------------- checks
+def _check_shape_and_names(adata) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"the AnnData is empty ({adata.n_obs} cells × {adata.n_vars} genes); grndiff needs at least "
+                         "one cell and one gene")
+    for axis, names, fix in (("var_names", adata.var_names, "adata.var_names_make_unique()"),
+                             ("obs_names", adata.obs_names, "adata.obs_names_make_unique()")):
+        dup = names[names.duplicated()]
+        if len(dup):
+            raise ValueError(f"adata.{axis} has {len(dup)} duplicated names (e.g. {list(dup.unique()[:5])}); "
+                             f"make them unique first: {fix}")
+
+
+def _as_list(keys, arg: str) -> list[str]:
+    if keys is None:
+        return []
+    if isinstance(keys, str):  # a single column name is a common slip for a one-element list
+        return [keys]
+    keys = list(keys)
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"{arg} must be obs column names (strings), got {bad}")
+    return keys
+
+
+def _check_obs_key(adata, key: str, role: str) -> None:
+    if key not in adata.obs.columns:
+        hint = " (it is an index, not a column)" if key == adata.obs.index.name else ""
+        raise KeyError(f"{role}: {key!r} is not a column of adata.obs{hint}; available columns: "
+                       f"{list(adata.obs.columns)}")
+
+
+def _check_no_nan(adata, key: str) -> None:
+    n_nan = int(adata.obs[key].isna().sum())
+    if n_nan:
+        raise ValueError(
+            f"adata.obs[{key!r}] has no value (NaN) for {n_nan} of {adata.n_obs} cells. Remove them "
+            f"(adata = adata[adata.obs[{key!r}].notna()].copy()) or label them, e.g. "
+            f"adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).replace('nan', 'unknown')")
+
+
+def _check_continuous(adata, key: str) -> None:
+    col = adata.obs[key]
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise TypeError(f"continuous_keys: adata.obs[{key!r}] has dtype {col.dtype}, not numbers; convert it "
+                        f"(pd.to_numeric(adata.obs[{key!r}])) or register it under condition_keys")
+    v = col.to_numpy(dtype=float)
+    n_nan, n_inf = int(np.isnan(v).sum()), int(np.isinf(v).sum())
+    if n_nan or n_inf:
+        raise ValueError(f"adata.obs[{key!r}] has {n_nan} NaN and {n_inf} infinite values out of {adata.n_obs} cells; "
+                         f"remove those cells (adata = adata[np.isfinite(adata.obs[{key!r}])].copy()) or fill them")
+
+
+def _check_has_control(adata, key: str, control: str) -> None:
+    vals = adata.obs[key].astype(str)
+    if not (vals == str(control)).any():
+        log.warning("grndiff: adata.obs[%r] has no control cells labelled %r; pass control=... if the control "
+                    "label differs (needed for source='control')", key, control)
+
+
+def _check_control_obs(adata, control_obs) -> dict | None:
+    if control_obs is None:
+        return None
+    if not isinstance(control_obs, dict) or not control_obs:
+        raise TypeError(f"control_obs must be a dict such as {{'condition': 'ctrl'}}, got {control_obs!r}")
+    out = {}
+    for k, v in control_obs.items():
+        _check_obs_key(adata, k, "control_obs")
+        vals = [str(x) for x in (v if isinstance(v, (list, tuple, set, np.ndarray)) else [v])]
+        present = set(adata.obs[k].astype(str))
+        missing = [x for x in vals if x not in present]
+        if missing:
+            raise ValueError(f"control_obs: adata.obs[{k!r}] has no cells labelled {missing}; "
+                             f"its values are {sorted(present)[:20]}")
+        out[str(k)] = vals
+    return out
+
+
+def _get_matrix(adata, layer):
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty (None); pass layer='counts' (or the layer holding expression). "
+                             f"Layers: {list(adata.layers.keys())}")
+        return adata.X, "adata.X"
+    if layer not in adata.layers:
+        raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}); use "
+                       "layer=None for adata.X")
+    return adata.layers[layer], f"adata.layers[{layer!r}]"
+
+
+def _plain(v):
+    """numpy scalars/arrays (as read back from .h5ad) → Python types."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
