@@ -1,0 +1,10 @@
+"""Reference points every benchmark table carries, in log1p-normalised expression.
+
+Perturbation prediction: :func:`no_change`, :class:`MeanShift`, :func:`additive`,
+:class:`LinearPCARidge` (Ahlmann-Eltze et al. 2025). Generation: :class:`GaussianPCA`.
+"""
+from .gaussian import GaussianPCA
+from .linear import LinearPCARidge
+from .shift import MeanShift, additive, no_change
+
+__all__ = ["no_change", "MeanShift", "additive", "LinearPCARidge", "GaussianPCA"]
