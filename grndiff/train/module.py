@@ -1,0 +1,200 @@
+"""LightningModule for rectified-flow training of a velocity network on expression batches.
+
+A batch is the dict built by :mod:`grndiff.data` — ``x`` (B, G) scaled expression (the flow's
+``x₁``), ``cond`` {name: tensor}, optional ``pert`` (B, S) and ``x0`` (B, G) paired control cells.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from .. import flow
+from ..nn import GRNTransformer, MLPVelocity, gene_token_transformer, modules_only
+from .ema import EMA
+
+BACKBONES = ("grn", "mlp", "gene_tokens", "modules_only")
+
+
+def build_backbone(backbone: str, inputs: dict, **hparams) -> nn.Module:
+    """Build a velocity network from data-derived ``inputs`` and architecture ``hparams``.
+
+    ``inputs`` holds ``n_genes``, ``condition_specs`` (list of dicts), ``perturbation`` (bool) and,
+    for graph models, ``edge_index``/``edge_sign``/``edge_weight``/``edge_type`` and ``membership``.
+    """
+    n, specs, pert = inputs["n_genes"], inputs.get("condition_specs", []), bool(inputs.get("perturbation", False))
+    membership = inputs.get("membership")
+    if backbone == "grn":
+        return GRNTransformer(n, inputs.get("edge_index"), inputs.get("edge_sign"), inputs.get("edge_weight"),
+                              inputs.get("edge_type"), condition_specs=specs, membership=membership,
+                              perturbation=pert, **hparams)
+    if backbone == "mlp":
+        keep = {k: v for k, v in hparams.items() if k in ("hidden", "depth", "cond_dropout")}
+        return MLPVelocity(n, specs, perturbation=pert, **keep)
+    if backbone == "gene_tokens":
+        return gene_token_transformer(n, specs, perturbation=pert, **hparams)
+    if backbone == "modules_only":
+        if membership is None and not hparams.get("n_learned_modules"):
+            raise ValueError("backbone='modules_only' needs gene sets (modules=...) or n_learned_modules > 0")
+        return modules_only(n, membership, specs, perturbation=pert, **hparams)
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+class FlowModule(L.LightningModule):
+    """Rectified flow (Liu et al. 2022) with AdamW, linear warm-up + cosine decay and EMA weights.
+
+    Parameters
+    ----------
+    inputs
+        Data-derived sizes and graph (see :func:`build_backbone`); linked from the data module.
+    backbone
+        ``"grn"`` (graph transformer), ``"mlp"``, ``"gene_tokens"`` or ``"modules_only"``.
+    net_kwargs
+        Architecture options passed to the backbone (hidden, heads, depth, mode, ...).
+    source
+        ``"noise"`` (x₀ ~ N(0, I)) or ``"control"`` (x₀ = paired control cells, batch["x0"]).
+    time_schedule
+        ``"logit_normal"`` (Esser et al. 2024) or ``"uniform"``.
+    ot_pairing
+        Re-pair x₀ and x₁ within each condition group by exact minibatch OT (Tong et al. 2023).
+    lr, weight_decay, warmup_steps, max_steps
+        Optimiser; ``max_steps`` is the cosine horizon (taken from the trainer when ``None``).
+    ema_decay
+        EMA decay for the sampling weights (0 disables EMA).
+    token_aux_weight
+        Weight of an auxiliary loss that makes each module token's scalar ``activity`` predict
+        the module's mean (scaled) expression in the clean cell ``x₁`` from ``x_t``; this is what
+        makes token activities interpretable (0 disables it).
+    """
+
+    def __init__(self, inputs: dict | None = None, backbone: str = "grn", net_kwargs: dict | None = None,
+                 source: str = "noise", time_schedule: str = "logit_normal", ot_pairing: bool = False,
+                 sigma: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
+                 max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1):
+        super().__init__()
+        if inputs is None:
+            raise ValueError("FlowModule needs `inputs` (sizes and graph from the data); the CLI links them "
+                             "from the data module, the Python API builds them for you.")
+        if source not in ("noise", "control"):
+            raise ValueError(f"source must be 'noise' or 'control', got {source!r}")
+        self.save_hyperparameters(ignore=["inputs"])
+        self.inputs = inputs
+        self.net = build_backbone(backbone, inputs, **(net_kwargs or {}))
+        self.ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
+
+    # -------------------------------------------------------- checkpointing
+    export_state: dict | None = None  # processor/graph/setup states, set by the CLI data module
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # everything needed to rebuild a GRNDiff from this file alone (plain types and tensors)
+        if self.export_state is not None:
+            checkpoint["grndiff"] = self.export_state
+
+    # ------------------------------------------------------------------ loss
+    def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        x1 = batch["x"]
+        B = x1.shape[0]
+        if self.hparams.source == "control":
+            if "x0" not in batch:
+                raise KeyError("source='control' needs paired control cells (batch['x0']); set it up in the data module")
+            x0 = batch["x0"]
+        else:
+            x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        cond, pert = batch.get("cond", {}), batch.get("pert")
+        if self.hparams.ot_pairing:
+            groups = _condition_groups(cond, pert, B, x1.device)
+            x0, x1, cond, pert = _ot_repair(x0, x1, cond, pert, groups)
+        t = flow.sample_time(B, schedule=self.hparams.time_schedule, generator=generator, device=x1.device)
+        xt = flow.interpolate(x0, x1, t, sigma=self.hparams.sigma)
+        pooling = getattr(self.net, "pooling", None)
+        if pooling is not None and self.hparams.token_aux_weight > 0:
+            v, extras = self.net(xt, t, cond, pert, return_tokens=True)
+            aux = (extras["activity"] - pooling.pool_values(x1).detach()).square().mean()
+            self._last_aux = aux.detach()
+            return flow.flow_loss(v, flow.target_velocity(x0, x1)) + self.hparams.token_aux_weight * aux
+        v = self.net(xt, t, cond, pert)
+        return flow.flow_loss(v, flow.target_velocity(x0, x1))
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}: stopping before a broken "
+                "checkpoint is written. Lower the learning rate, check the input for extreme values, or "
+                "train in float32.")
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["x"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        g = torch.Generator(device=batch["x"].device).manual_seed(1234 + batch_idx)  # fixed noise: comparable curves
+        net = self.net
+        if self.ema is not None:
+            self.net = self.ema.shadow
+        try:
+            loss = self._loss(batch, generator=g)
+        finally:
+            self.net = net
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["x"].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    # ------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = self.hparams.max_steps
+        if total is None:
+            est = getattr(self.trainer, "estimated_stepping_batches", None) if self._trainer is not None else None
+            total = int(est) if est and math.isfinite(est) else 10_000
+        warm = min(self.hparams.warmup_steps, max(total // 10, 1))
+
+        def lr_lambda(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 5% of peak
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -------------------------------------------------------------- sampling
+    @property
+    def sampling_net(self) -> nn.Module:
+        return self.ema.shadow if self.ema is not None else self.net
+
+    @torch.no_grad()
+    def generate(self, x0: torch.Tensor, cond: dict | None = None, pert: torch.Tensor | None = None, *,
+                 n_steps: int = 50, method: str = "euler", guidance: float = 1.0, use_ema: bool = True,
+                 progress: bool = False) -> torch.Tensor:
+        """Integrate the learned ODE from ``x0`` (B, G) at t=0 to t=1 → (B, G) (scaled space)."""
+        net = self.sampling_net if use_ema else self.net
+        was_training = net.training
+        net.eval()
+        try:
+            def f(x, t):
+                return net.forward_with_cfg(x, t, cond, pert, guidance=guidance)
+            return flow.sample_ode(f, x0, method=method, n_steps=n_steps, progress=progress)
+        finally:
+            net.train(was_training)
+
+
+def _condition_groups(cond: dict, pert, B: int, device) -> torch.Tensor:
+    """Integer id per cell of its full condition tuple (B,), for OT pairing within groups."""
+    cols = [v.reshape(B, -1).float() for v in cond.values()]
+    if pert is not None:
+        cols.append(pert.reshape(B, -1).float())
+    if not cols:
+        return torch.zeros(B, dtype=torch.long, device=device)
+    key = torch.nan_to_num(torch.cat(cols, dim=1), nan=-7.0)
+    return torch.unique(key, dim=0, return_inverse=True)[1]
+
+
+def _ot_repair(x0, x1, cond, pert, groups):
+    """Permute x₀ within condition groups so (x₀, x₁) follow the minibatch OT plan."""
+    perm = flow.ot_pair_indices(x0, x1, groups=groups)
+    return x0[perm], x1, cond, pert
