@@ -42,7 +42,7 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
         t0 = time.time()
         model = GRNDiff(train, **kw)
         print(f"[grndiff demo] training {name}: {model}")
-        model.train(max_steps=steps, max_epochs=10_000, batch_size=128, val_fraction=0.0, seed=seed,
+        model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.0, seed=seed,
                     progress_bar=not quick)
         train_s = time.time() - t0
         gen = model.sample(len(cond_df), cond_df, n_steps=20 if quick else 50, seed=seed)
@@ -85,7 +85,7 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
     fig.savefig(out_dir / "umap.png", dpi=110, bbox_inches="tight")
 
     wall = time.time() - t_start
-    cols = [c for c in ("energy_distance", "mmd_rbf", "w2", "mean_pearson", "var_pearson", "classifier_auc",
+    cols = [c for c in ("energy_distance", "mmd_rbf", "wasserstein2", "mean_pearson", "var_pearson", "classifier_auc",
                         "train_seconds") if c in table.columns]
     md = ["# grndiff demo report", "",
           f"Kang et al. 2018 PBMCs (IFN-β), {adata.n_obs} cells × {adata.n_vars} genes; 80/20 split stratified "

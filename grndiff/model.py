@@ -27,7 +27,7 @@ log = logging.getLogger("grndiff")
 
 FORMAT = "grndiff-model"
 FORMAT_VERSION = 1
-_NET_KEYS = ("hidden", "heads", "depth", "token_depth", "n_learned_modules", "init_learned_from_prior",
+_NET_KEYS = ("hidden", "heads", "depth", "token_depth", "cell_token", "n_learned_modules", "init_learned_from_prior",
              "mode", "mlp_ratio", "value_embedding", "cond_dropout")
 
 
@@ -57,8 +57,9 @@ class GRNDiff:
     time_schedule, ot_pairing, lr, weight_decay, warmup_steps, ema_decay
         Flow and optimiser options (see :class:`~grndiff.train.FlowModule`).
     **net_kwargs
-        Architecture: ``hidden`` (64), ``heads`` (4), ``depth`` (4), ``token_depth`` (2),
-        ``n_learned_modules`` (0), ``mode`` (``"shared"``), ``cond_dropout`` (0.1) ...
+        Architecture: ``hidden`` (32), ``heads`` (4), ``depth`` (2), ``token_depth`` (2),
+        ``cell_token`` (True), ``n_learned_modules`` (0), ``mode`` (``"shared"``),
+        ``cond_dropout`` (0.1) ...
     """
 
     setup_anndata = staticmethod(setup_anndata)
@@ -127,7 +128,7 @@ class GRNDiff:
                 f"trained={self.is_trained})")
 
     # ---------------------------------------------------------------- training
-    def train(self, max_epochs: int | None = None, *, max_steps: int = -1, batch_size: int = 128,
+    def train(self, max_epochs: int | None = None, *, max_steps: int = -1, batch_size: int = 64,
               val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
               holdout: dict | None = None, accelerator: str = "auto", devices: Any = 1,
               precision: Any = None, seed: int = 0, progress_bar: bool = True, logger: Any = False,
@@ -420,8 +421,8 @@ def _median_library_size(adata, setup) -> float:
 
 
 def _default_epochs(n_obs: int) -> int:
-    # aim for ~3,000 optimiser steps at batch 128, between 20 and 400 epochs
-    return int(np.clip(3000 * 128 / max(n_obs, 1), 20, 400))
+    # aim for ~3,000 optimiser steps at batch 64, between 10 and 400 epochs
+    return int(np.clip(3000 * 64 / max(n_obs, 1), 10, 400))
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

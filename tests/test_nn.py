@@ -142,6 +142,8 @@ def test_gene_permutation_equivariance():
     sd = {}
     for k, v in m1.state_dict().items():  # gene-indexed parameters move with the genes
         sd[k] = v[perm] if k.endswith(("identity.weight", "gene_id", "assign_logits", "membership")) else v
+        if k == "cell_embed.0.weight":  # the cell token reads genes as input columns
+            sd[k] = v[:, perm]
     m2.load_state_dict(sd)
     x, t = torch.randn(3, G), torch.rand(3)
     torch.testing.assert_close(m2(x[:, perm], t), m1(x, t)[:, perm], atol=1e-5, rtol=1e-4)
