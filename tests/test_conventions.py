@@ -1,0 +1,85 @@
+"""scanpy conventions for public functions that write into an AnnData, and the layering rule."""
+import ast
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import grndiff as gd
+from grndiff.model import GRNDiff
+
+WRITERS = [gd.tl.pathway_tokens, gd.tl.embed]
+
+
+@pytest.mark.parametrize("fn", WRITERS, ids=lambda f: f.__name__)
+def test_writer_signature(fn):
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # model-bound tools take (model, adata); everything else is keyword-only
+    assert positional in (["adata"], ["model", "adata"]), positional
+    options = [p for p in params if p.name not in ("model", "adata")]
+    assert all(p.kind is p.KEYWORD_ONLY for p in options), [p.name for p in options if p.kind is not p.KEYWORD_ONLY]
+    names = {p.name for p in options}
+    assert {"key_added", "copy"} <= names
+    assert inspect.signature(fn).parameters["copy"].default is False
+
+
+@pytest.fixture(scope="module")
+def token_model():
+    adata = gd.datasets.krumsiek11()
+    GRNDiff.setup_anndata(adata, condition_keys=["cell_type"])
+    modules = {"erythroid": ["Gata1", "Fog1", "EKLF", "SCL"], "myeloid": ["Cebpa", "Pu.1", "cJun", "EgrNab", "Gfi1"]}
+    import pandas as pd
+    mod_df = pd.DataFrame([(k, g, 1.0) for k, gs in modules.items() for g in gs], columns=["source", "target", "weight"])
+    model = GRNDiff(adata, prior=gd.datasets.krumsiek11_network(), modules=mod_df,
+                    graph_kwargs={"min_module_size": 3}, hidden=16, depth=2, token_depth=1)
+    model.train(max_steps=20, max_epochs=100, progress_bar=False)
+    return model, adata
+
+
+@pytest.mark.parametrize("fn", WRITERS, ids=lambda f: f.__name__)
+def test_copy_false_writes_in_place_and_copy_true_leaves_input(fn, token_model):
+    model, adata = token_model
+    a = adata.copy()
+    before_obsm, before_uns = set(a.obsm.keys()), set(a.uns.keys())
+    out = fn(model, a, key_added="mykey", copy=True)
+    assert out is not None and set(a.obsm.keys()) == before_obsm and set(a.uns.keys()) == before_uns
+    assert any(k.startswith("mykey") for k in out.obsm.keys())
+    res = fn(model, a, key_added="mykey")
+    assert res is None and any(k.startswith("mykey") for k in a.obsm.keys())
+    key = [k for k in a.obsm.keys() if k.startswith("mykey")][0]
+    assert np.asarray(a.obsm[key]).shape[0] == a.n_obs
+
+
+def test_pathway_tokens_params_and_rank(token_model):
+    model, adata = token_model
+    a = adata.copy()
+    gd.tl.pathway_tokens(model, a)
+    assert list(a.obsm["grndiff_tokens"].columns) == model.token_names == ["erythroid", "myeloid"]
+    assert a.uns["grndiff"]["params"]["t"] == 1.0
+    table = gd.tl.rank_tokens(a, "cell_type", reference="progenitor")
+    assert set(table["group"]) == {"Ery", "Mk", "Mo", "Neu"} and (table["rank"] >= 1).all()
+
+
+def test_lower_layers_never_import_higher_ones():
+    """priors → graph → data → nn → flow → train → api; nn and flow never import AnnData."""
+    order = ["priors", "graph", "data", "nn", "flow", "train"]
+    higher_than = {m: set(order[i + 1:]) | {"model", "cli", "tl", "pl", "demo"} for i, m in enumerate(order)}
+    root = Path(gd.__file__).parent
+    for layer in order:
+        path = root / layer if (root / layer).is_dir() else root / f"{layer}.py"
+        files = list(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            tree = ast.parse(f.read_text())
+            for node in ast.walk(tree):
+                mods = []
+                if isinstance(node, ast.ImportFrom):
+                    mods = [node.module] if node.module else [a.name for a in node.names]
+                elif isinstance(node, ast.Import):
+                    mods = [a.name for a in node.names]
+                for m in mods:
+                    name = m.lstrip(".").replace("grndiff.", "").split(".")[0]
+                    assert name not in higher_than[layer], f"{f.name} ({layer}) imports {m}"
+                    if layer in ("nn", "flow"):
+                        assert name not in ("anndata", "scanpy", "data"), f"{f.name} imports {m}"
