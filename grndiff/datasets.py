@@ -1,10 +1,18 @@
-"""Shipped data sets (offline). Each call returns a fresh AnnData.
+"""Data sets shipped with grndiff: offline, small, each call returns a fresh AnnData.
 
-Kang et al. 2018 (Nature Biotechnology 36:89, GEO GSE96583): PBMCs, control vs IFN-β stimulated.
-The two muscat-derived files come from the muscat Bioconductor package's example data
-(HelenaLC/muscat, GPL-3); the tiny one from the liger package's example files (welch-lab/liger,
-GPL-3). krumsiek11: simulated myeloid differentiation from the Boolean model of Krumsiek et al.
-2011 (PLoS ONE 6:e22649), as shipped by scanpy (BSD-3), with its signed 30-edge network.
+The files live in ``grndiff/_data/`` (see its ``README.md`` for checksums); they keep their own
+licences, separate from the BSD-3 code:
+
+- Kang et al. (2018) Multiplexed droplet single-cell RNA-sequencing using natural genetic
+  variation. *Nature Biotechnology* 36:89. GEO GSE96583: PBMCs, control vs IFN-β stimulated.
+  ``kang2018`` and ``kang2018_ctrl`` are converted from the muscat Bioconductor package's example
+  data (Crowell et al. 2020, *Nature Communications* 11:6077; HelenaLC/muscat, GPL-3);
+  ``kang2018_tiny`` from the liger package's example files (Welch et al. 2019, *Cell* 177:1873;
+  welch-lab/liger, GPL-3). The underlying data are public on GEO.
+- ``krumsiek11``: simulated myeloid differentiation from the Boolean network of Krumsiek et al.
+  (2011) Hierarchical differentiation of myeloid progenitors is encoded in the transcription
+  factor network. *PLoS ONE* 6:e22649; simulation and file as shipped by scanpy (Wolf et al. 2018,
+  *Genome Biology* 19:15; BSD-3).
 """
 from __future__ import annotations
 
@@ -16,77 +24,170 @@ import pandas as pd
 _DATA = Path(__file__).parent / "_data"
 
 
+def _path(name: str) -> Path:
+    path = _DATA / name
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped data file {name} is missing from this grndiff installation "
+                                f"(expected in {_DATA.name}/ inside the package); reinstall grndiff.")
+    return path
+
+
 def _read(name: str):
     import anndata as ad
-    path = _DATA / name
-    if not path.exists():
-        raise FileNotFoundError(f"shipped data file {name} is missing from this installation")
-    return ad.read_h5ad(path)
+
+    return ad.read_h5ad(_path(name))  # a fresh object on every call
+
+
+def _as_counts(adata) -> None:
+    """Counts in ``X`` (float32, as scanpy expects) and an identical ``layers["counts"]``."""
+    adata.X = adata.X.astype(np.float32)
+    adata.layers["counts"] = adata.X.copy()
+
+
+def _category(values) -> pd.Categorical:
+    return pd.Categorical(pd.Series(values).astype(str))
 
 
 def kang2018():
-    """Kang 2018 PBMCs, 1,556 cells × 1,267 genes, ctrl (750) / IFN-β stim (806), 5 cell types.
+    """PBMCs of 2 donors, control and IFN-β stimulated (Kang et al. 2018, via muscat).
 
-    ``X`` and ``layers["counts"]``: raw integer counts; ``layers["logcounts"]`` as shipped by
-    muscat. ``obs``: original ``cluster_id``, ``group_id``, ``sample_id`` plus ``cell_type``
-    (= cluster_id) and ``condition`` (= group_id: ctrl/stim). Gene symbols in ``var_names``,
-    Ensembl ids in ``var["ENSEMBL"]``. Licence: GPL-3 (muscat example data); data public on GEO.
+    Returns
+    -------
+    anndata.AnnData
+        1,556 cells × 1,267 genes (symbols in ``var_names``, Ensembl ids in
+        ``var["ENSEMBL"]``).
+
+        - ``X`` and ``layers["counts"]``: raw UMI counts (float32, sparse CSR);
+          ``layers["logcounts"]``: muscat's log-normalised values.
+        - ``obs``: the original ``cluster_id`` (5 cell types), ``group_id`` (ctrl 750 / stim 806),
+          ``sample_id`` (donor × condition), plus ``cell_type`` (= ``cluster_id``),
+          ``condition`` (= ``group_id``: ``ctrl``/``stim``) and ``donor`` (``101``/``107``).
+
+    Notes
+    -----
+    Licence GPL-3 (muscat example data; Crowell et al. 2020, *Nat. Commun.* 11:6077); data from
+    Kang et al. 2018, *Nat. Biotechnol.* 36:89, GEO GSE96583. The IFN-β response is strong:
+    ISG15 has median 0 in ctrl and ~130 CP10k in stim.
+
+    Examples
+    --------
+    >>> import grndiff as gd
+    >>> adata = gd.datasets.kang2018()   # doctest: +SKIP
     """
     a = _read("kang2018_pbmc_ifnb_1556.h5ad")
-    a.layers["counts"] = a.X.copy()
-    a.obs["cell_type"] = a.obs["cluster_id"].astype(str).astype("category")
-    a.obs["condition"] = a.obs["group_id"].astype(str).astype("category")
+    _as_counts(a)
+    a.obs["cell_type"] = _category(a.obs["cluster_id"])
+    a.obs["condition"] = _category(a.obs["group_id"])
+    a.obs["donor"] = _category(a.obs["sample_id"].astype(str).str.replace(r"^(ctrl|stim)", "", regex=True))
     return a
 
 
 def kang2018_ctrl():
-    """Kang 2018 control PBMCs, 8,684 cells × 2,511 genes, 4 cell types, 5 donors.
+    """Control PBMCs of 5 donors (Kang et al. 2018, via muscat), indexed by Ensembl ids.
 
-    Raw integer counts in ``X`` and ``layers["counts"]``; Ensembl ids in ``var_names`` with
-    symbols in ``var["feature"]`` (use ``setup_anndata(..., symbol_key="feature")``). ``obs``:
-    ``cluster_id``, ``sample_id`` plus ``cell_type`` and ``donor``. Licence: GPL-3 (muscat).
+    Returns
+    -------
+    anndata.AnnData
+        8,684 cells × 2,511 genes. ``var_names`` are Ensembl ids; gene symbols are in
+        ``var["feature"]`` (match priors with ``GeneGraph.from_prior(..., symbols=adata.var["feature"])``
+        or ``setup_anndata(..., symbol_key="feature")``); ``var["beta"]``, ``var["dispersion"]``
+        as shipped by muscat.
+
+        - ``X`` and ``layers["counts"]``: raw UMI counts (float32, sparse CSR).
+        - ``obs``: the original ``cluster_id`` (B cells, CD14+ Monocytes, CD4 T cells, NK
+          cells), ``sample_id`` (donor), ``offset``, plus ``cell_type`` (= ``cluster_id``) and
+          ``donor`` (= ``sample_id``).
+
+    Notes
+    -----
+    Licence GPL-3 (muscat example data; Crowell et al. 2020); data from Kang et al. 2018,
+    GEO GSE96583. Stored with integer counts and gzip to stay small.
     """
     a = _read("kang2018_pbmc_ctrl_8684.h5ad")
-    a.X = a.X.astype(np.float32)
-    a.layers["counts"] = a.X.copy()
-    a.obs["cell_type"] = a.obs["cluster_id"].astype(str).astype("category")
-    a.obs["donor"] = a.obs["sample_id"].astype(str).astype("category")
+    _as_counts(a)
+    a.obs["cell_type"] = _category(a.obs["cluster_id"])
+    a.obs["donor"] = _category(a.obs["sample_id"])
     return a
 
 
 def kang2018_tiny():
-    """600 cells × 279 genes, ``obs["condition"]`` ctrl/stim (300 each); raw counts. Licence: GPL-3 (liger)."""
+    """A tiny control vs IFN-β PBMC subset (Kang et al. 2018, via liger).
+
+    Returns
+    -------
+    anndata.AnnData
+        600 cells × 279 genes (symbols); ``X`` and ``layers["counts"]``: raw counts (float32,
+        sparse); ``obs["condition"]``: ``ctrl`` 300 / ``stim`` 300.
+
+    Notes
+    -----
+    Licence GPL-3 (liger example files; Welch et al. 2019, *Cell* 177:1873); data from
+    Kang et al. 2018, GEO GSE96583.
+    """
     a = _read("kang2018_pbmc_ifnb_tiny_600.h5ad")
-    a.layers["counts"] = a.X.copy()
+    _as_counts(a)
+    a.obs["condition"] = _category(a.obs["condition"])
     return a
 
 
-def krumsiek11():
-    """Simulated myeloid progenitors (Krumsiek et al. 2011): 640 cells × 11 genes, ``obs["cell_type"]``.
+# scanpy.datasets.krumsiek11 labels the late half of each of the 4 simulated trajectories
+_KRUMSIEK_FATES = ((80, "Mo"), (240, "Ery"), (400, "Mk"), (560, "Neu"))
 
-    Parsed from scanpy's text format (BSD-3): 4 realizations × 160 time steps; as in
-    ``scanpy.datasets.krumsiek11`` the second half of each realization is labelled by its fate
-    (Mo, Ery, Mk, Neu), the rest "progenitor". Continuous expression on a [0, 1]-like scale;
-    the simulation noise's tiny negative values (> −0.01) are clipped to 0.
+
+def krumsiek11():
+    """Simulated myeloid differentiation (Krumsiek et al. 2011), as shipped by scanpy.
+
+    Returns
+    -------
+    anndata.AnnData
+        640 cells × 11 transcription factors. ``X``: continuous simulated expression on a
+        [0, 1]-like scale (float32); the simulation's tiny negative noise values (> −0.01) are
+        clipped to 0. ``obs["cell_type"]``: ``progenitor``, ``Mo``, ``Ery``, ``Mk``, ``Neu``
+        (80 cells each for the fates, labelled as ``scanpy.datasets.krumsiek11`` does: the
+        second half of each of the 4 trajectories of 160 steps); ``obs["time"]``: the
+        simulation step (0–159). ``uns["iroot"] = 0`` (the root cell, for scanpy's DPT).
+
+    Notes
+    -----
+    Licence BSD-3 (scanpy). Krumsiek et al. 2011, *PLoS ONE* 6:e22649. Its network:
+    :func:`krumsiek11_network`.
     """
     import anndata as ad
-    header, rows = None, []
-    with open(_DATA / "krumsiek11.txt") as fh:
+
+    header, steps, rows = None, [], []
+    with open(_path("krumsiek11.txt"), encoding="utf-8") as fh:
         for line in fh:
             if line.startswith("# it"):
-                header = line[1:].split()[1:]  # drop the iteration column
+                header = line[1:].split()[1:]  # the first column is the time step
             elif line.strip() and not line.startswith("#"):
-                rows.append([float(v) for v in line.split()[1:]])
-    # the simulation's observation noise leaves tiny negatives (≥ −0.01); expression is ≥ 0
-    X = np.clip(np.asarray(rows, dtype=np.float32), 0.0, None)
+                parts = line.split()
+                steps.append(int(parts[0]))
+                rows.append([float(v) for v in parts[1:]])
+    if header is None or any(len(r) != len(header) for r in rows):
+        raise ValueError("krumsiek11.txt is malformed: expected a '# it gene1 gene2 ...' header and one "
+                         "value per gene on every line")
+    X = np.clip(np.asarray(rows, dtype=np.float32), 0.0, None)  # (640, 11); noise leaves values ≥ −0.01
     labels = np.array(["progenitor"] * X.shape[0], dtype=object)
-    for start, fate in ((80, "Mo"), (240, "Ery"), (400, "Mk"), (560, "Neu")):
+    for start, fate in _KRUMSIEK_FATES:
         labels[start:start + 80] = fate
-    genes = header
-    obs = pd.DataFrame({"cell_type": pd.Categorical(labels)}, index=[f"cell{i}" for i in range(X.shape[0])])
-    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    obs = pd.DataFrame({"cell_type": pd.Categorical(labels), "time": np.asarray(steps, dtype=np.int64)},
+                       index=[f"cell{i}" for i in range(X.shape[0])])
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(header)))
+    adata.uns["iroot"] = 0
+    return adata
 
 
 def krumsiek11_network() -> pd.DataFrame:
-    """The signed 11-gene, 30-edge krumsiek11 network, long format ``source, target, weight``."""
-    return pd.read_csv(_DATA / "krumsiek11_grn_long.csv")
+    """The signed regulatory network behind :func:`krumsiek11`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        30 edges ``source, target, weight`` among the 11 genes (Hill-model coupling strengths
+        of the simulation: positive activates, negative represses; 4 are autoregulation).
+
+    Notes
+    -----
+    Licence BSD-3 (scanpy's ``sim_models/krumsiek11.txt`` coupling list); Krumsiek et al. 2011.
+    """
+    return pd.read_csv(_path("krumsiek11_grn_long.csv"))

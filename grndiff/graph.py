@@ -3,7 +3,7 @@
 One graph, shared by every cell: ``edge_index (2, E)`` (row 0 source/regulator ``j``, row 1
 target ``i``; messages flow ``j → i``), per-edge sign, weight and type, and an optional module
 membership ``(G, P)``. Genes the prior does not cover stay in the model (self-loop only, or kNN
-co-expression edges).
+co-expression in-edges), so the graph never silently drops measured genes.
 """
 from __future__ import annotations
 
@@ -19,65 +19,125 @@ from . import priors as _priors
 log = logging.getLogger("grndiff")
 
 EDGE_PRIOR, EDGE_REVERSE, EDGE_SELF, EDGE_KNN = 0, 1, 2, 3
+EDGE_TYPE_NAMES = ("prior", "reverse", "self-loop", "kNN")
 
 
 class GeneGraph:
     """Gene graph aligned to ``genes`` (the AnnData's ``var_names`` order).
 
-    Attributes
+    Parameters
     ----------
-    genes : list[str] (G)
-    edge_index : LongTensor (2, E)
-    edge_sign : FloatTensor (E,) in {-1, 0, +1}
-    edge_weight : FloatTensor (E,) ≥ 0
-    edge_type : LongTensor (E,) — 0 prior, 1 added reverse, 2 self-loop, 3 kNN fallback
-    membership : FloatTensor (G, P) or None; ``module_names`` (P)
-    coverage : dict — how much of the prior and of the genes the graph covers
+    genes
+        Gene names (G), in model order.
+    edge_index
+        LongTensor (2, E): row 0 source/regulator ``j``, row 1 target ``i``; messages flow ``j → i``.
+    edge_sign
+        FloatTensor (E,) in {-1, 0, +1} (activation, unknown/none, repression); default 0.
+    edge_weight
+        FloatTensor (E,), magnitude ≥ 0; default 1.
+    edge_type
+        LongTensor (E,): 0 prior, 1 added reverse, 2 self-loop, 3 kNN fallback; default 0.
+    membership
+        FloatTensor (G, P) of 0/1 module (gene-set) membership, or None.
+    module_names
+        P names, one per ``membership`` column.
+    coverage
+        How much of the prior and of the genes the graph covers (see :meth:`from_prior`).
     """
 
     def __init__(self, genes: Sequence[str], edge_index, edge_sign=None, edge_weight=None, edge_type=None,
                  membership=None, module_names: Sequence[str] | None = None, coverage: dict | None = None):
         self.genes = [str(g) for g in genes]
-        self.edge_index = torch.as_tensor(edge_index, dtype=torch.long).reshape(2, -1)
+        G = len(self.genes)
+        if len(set(self.genes)) != G:
+            dup = pd.Index(self.genes)[pd.Index(self.genes).duplicated()].unique()[:5].tolist()
+            raise ValueError(f"gene names must be unique, found duplicates such as {dup}; "
+                             "call adata.var_names_make_unique() first.")
+        self.edge_index = torch.as_tensor(edge_index, dtype=torch.long).reshape(2, -1)  # (2, E)
         E = self.edge_index.shape[1]
-        self.edge_sign = torch.zeros(E) if edge_sign is None else torch.as_tensor(edge_sign, dtype=torch.float32)
-        self.edge_weight = torch.ones(E) if edge_weight is None else torch.as_tensor(edge_weight, dtype=torch.float32)
+        self.edge_sign = (torch.zeros(E) if edge_sign is None
+                          else torch.as_tensor(edge_sign, dtype=torch.float32).reshape(-1))  # (E,)
+        self.edge_weight = (torch.ones(E) if edge_weight is None
+                            else torch.as_tensor(edge_weight, dtype=torch.float32).reshape(-1))  # (E,)
         self.edge_type = (torch.zeros(E, dtype=torch.long) if edge_type is None
-                          else torch.as_tensor(edge_type, dtype=torch.long))
-        self.membership = None if membership is None else torch.as_tensor(membership, dtype=torch.float32)
-        self.module_names = list(module_names or [])
+                          else torch.as_tensor(edge_type, dtype=torch.long).reshape(-1))  # (E,)
+        for name in ("edge_sign", "edge_weight", "edge_type"):
+            if getattr(self, name).shape[0] != E:
+                raise ValueError(f"{name} has {getattr(self, name).shape[0]} entries, "
+                                 f"expected E={E} (edge_index columns)")
+        if E and (int(self.edge_index.min()) < 0 or int(self.edge_index.max()) >= G):
+            raise ValueError(f"edge_index refers to genes outside [0, {G}); it must index into genes")
+        if not torch.isin(self.edge_sign, torch.tensor([-1.0, 0.0, 1.0])).all():
+            raise ValueError("edge_sign must contain only -1, 0 or +1 (use edge_weight for magnitudes)")
+        if not (torch.isfinite(self.edge_weight).all() and (self.edge_weight >= 0).all()):
+            raise ValueError("edge_weight must be finite and ≥ 0 (the sign lives in edge_sign)")
+        if E and (int(self.edge_type.min()) < 0 or int(self.edge_type.max()) > EDGE_KNN):
+            raise ValueError("edge_type must be 0 (prior), 1 (reverse), 2 (self-loop) or 3 (kNN)")
+        self.membership = None if membership is None else torch.as_tensor(membership, dtype=torch.float32)  # (G, P)
+        if self.membership is not None and (self.membership.dim() != 2 or self.membership.shape[0] != G):
+            raise ValueError(f"membership must be (G, P) with G={G} rows, got {tuple(self.membership.shape)}")
+        P = 0 if self.membership is None else self.membership.shape[1]
+        self.module_names = [str(m) for m in (module_names or [])] or [f"module_{p}" for p in range(P)]
+        if len(self.module_names) != P:
+            raise ValueError(f"module_names has {len(self.module_names)} names for P={P} membership columns")
         self.coverage = dict(coverage or {})
-        if E and (int(self.edge_index.min()) < 0 or int(self.edge_index.max()) >= len(self.genes)):
-            raise ValueError("edge_index refers to genes outside [0, G)")
-        if self.membership is not None and self.membership.shape[0] != len(self.genes):
-            raise ValueError(f"membership has {self.membership.shape[0]} rows, expected G={len(self.genes)}")
 
     # ---------------------------------------------------------------- sizes
     @property
     def n_genes(self) -> int:
+        """G, the number of genes (nodes)."""
         return len(self.genes)
 
     @property
     def n_edges(self) -> int:
+        """E, the number of edges of every type."""
         return int(self.edge_index.shape[1])
 
     @property
     def n_modules(self) -> int:
+        """P, the number of modules (0 without ``membership``)."""
         return 0 if self.membership is None else int(self.membership.shape[1])
 
-    def in_degree(self) -> torch.Tensor:
-        """Number of in-edges per gene (G,)."""
-        return torch.bincount(self.edge_index[1], minlength=self.n_genes)
+    def in_degree(self, edge_types: Sequence[int] | None = None) -> torch.Tensor:
+        """Number of in-edges (messages received) per gene.
+
+        Parameters
+        ----------
+        edge_types
+            Count only these edge types (e.g. ``[0]`` for prior edges); default all.
+
+        Returns
+        -------
+        torch.LongTensor
+            (G,)
+        """
+        target = self.edge_index[1]
+        if edge_types is not None:
+            target = target[torch.isin(self.edge_type, torch.as_tensor(list(edge_types)))]
+        return torch.bincount(target, minlength=self.n_genes)
 
     def __repr__(self) -> str:
         return f"GeneGraph(genes={self.n_genes}, edges={self.n_edges}, modules={self.n_modules})"
 
     def summary(self) -> str:
+        """A human-readable account of the graph and of how well the prior covers the genes."""
         c = self.coverage
-        lines = [f"GeneGraph: {self.n_genes} genes, {self.n_edges} edges, {self.n_modules} modules"]
-        for k, v in c.items():
-            if not isinstance(v, (list, dict)):
-                lines.append(f"  {k}: {v}")
+        counts = torch.bincount(self.edge_type, minlength=4).tolist()
+        by_type = ", ".join(f"{n:,} {t}" for n, t in zip(counts, EDGE_TYPE_NAMES) if n)
+        lines = [f"GeneGraph: {self.n_genes:,} genes, {self.n_edges:,} edges ({by_type or 'none'}), "
+                 f"{self.n_modules:,} modules"]
+        if "n_edges_prior_total" in c:
+            lines.append(f"  prior: {c['n_edges_kept']:,} edges kept among the genes out of "
+                         f"{c['n_edges_prior_total']:,} ({c['n_edges_dropped']:,} dropped: an end not among the "
+                         f"genes); {c['n_tfs']:,} regulators with ≥1 kept edge")
+            lines.append(f"  genes: {c['n_genes_in_prior']:,} named in the prior; {c['n_isolated']:,} without any "
+                         "kept prior edge (they keep a self-loop" + (", plus kNN in-edges)" if counts[3] else ")"))
+            if c.get("n_case_only_matches"):
+                lines.append(f"  matching: {c['n_case_only_matches']:,} prior names matched a gene only up to case "
+                             "(check organism= if this is most of them)")
+        if c.get("n_modules") or c.get("modules_dropped"):
+            lines.append(f"  modules: {c['n_modules']:,} kept, {c['modules_dropped']:,} dropped (size outside "
+                         f"[{c.get('min_module_size')}, {c.get('max_module_size')}] genes present)")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ building
@@ -87,188 +147,250 @@ class GeneGraph:
                    min_module_size: int = 5, max_module_size: int = 500, isolated: str = "self_loop",
                    expression=None, knn_k: int = 5, case_insensitive: bool = True, allow_empty: bool = False,
                    verbose: bool = False) -> "GeneGraph":
-        """Align a prior to the genes.
+        """Align a prior network (and optional gene sets) to the genes of an AnnData.
 
         Parameters
         ----------
         prior
-            Shipped name, path, or long DataFrame ``source, target, weight``.
+            Shipped name (``"collectri"``), path, or long DataFrame ``source, target, weight``.
         var_names
-            The genes, in model order (G).
+            The genes, in model order (G), e.g. ``adata.var_names``.
         symbols
-            Per-gene symbols used for matching when ``var_names`` are e.g. Ensembl ids.
+            Per-gene names used for matching instead of ``var_names`` (G), e.g.
+            ``adata.var["feature"]`` when ``var_names`` are Ensembl ids. The graph keeps
+            ``var_names`` as ``genes``; a symbol shared by several genes maps to the first.
+        organism
+            Organism of shipped priors/modules (``"human"``, ``"mouse"``).
         add_reverse
-            Also add ``i → j`` for every prior edge ``j → i`` lacking one (type 1).
+            Add ``i → j`` (type 1, same sign and weight) for every prior edge ``j → i`` that has
+            no reverse prior edge, so targets can inform their regulators.
         self_loops
-            Add ``i → i`` (type 2) for every gene, so each gene keeps its own state in attention.
+            Give every gene a self-loop (type 2, sign 0, weight 1) so it keeps its own state in
+            attention; a gene with a prior autoregulation edge keeps that one instead.
         modules
-            Gene sets (shipped name, path, DataFrame) → ``membership`` (G, P), keeping sets with
-            ``min_module_size ≤ |set ∩ genes| ≤ max_module_size``.
+            Gene sets (shipped name such as ``"hallmark"``, path, or DataFrame) → ``membership``
+            (G, P); a set is kept when ``min_module_size ≤ |set ∩ genes| ≤ max_module_size``.
+        min_module_size, max_module_size
+            Size window for modules, counted in genes present.
         isolated
-            ``"self_loop"``: genes with no prior edge keep only their self-loop; ``"knn"``: they
-            also get in-edges from their ``knn_k`` most correlated genes in ``expression``
-            (cells × G), type 3.
+            Genes without any prior edge: ``"self_loop"`` (only their self-loop) or ``"knn"``
+            (also in-edges, type 3, from their ``knn_k`` most |Pearson|-correlated genes in
+            ``expression``; sign = sign of the correlation, weight = |correlation|).
+        expression
+            Cells × genes (B, G) array, dense or scipy-sparse; needed for ``isolated="knn"``.
+        knn_k
+            Neighbours per isolated gene.
         case_insensitive
-            Match names up to case when an exact match fails (reported in ``coverage``).
+            When an exact name match fails, match up to case (``Gata1`` ↔ ``GATA1``); such
+            matches are counted in ``coverage["n_case_only_matches"]``.
         allow_empty
-            Allow a prior with no edge among the genes (a graph of self-loops only).
+            Accept a prior with no edge among the genes (a graph of self-loops/modules only).
+        verbose
+            Print :meth:`summary`.
+
+        Returns
+        -------
+        GeneGraph
+            With ``coverage``: ``n_genes``, ``n_genes_in_prior`` (genes named anywhere in the
+            prior), ``n_tfs`` (sources with ≥1 kept edge), ``n_isolated`` (genes with no kept prior
+            edge), ``n_edges_prior_total`` (prior rows after merging duplicates),
+            ``n_edges_kept`` (type-0 edges), ``n_edges_dropped`` (rows with an end not among the
+            genes), ``n_duplicates_merged`` (rows that became the same gene pair after matching),
+            ``n_self_edges_kept`` (autoregulation), ``n_case_only_matches``, ``n_modules``,
+            ``modules_dropped``.
         """
         genes = [str(g) for g in var_names]
         G = len(genes)
         if G == 0:
             raise ValueError("var_names is empty: the AnnData has no genes")
-        if len(set(genes)) != G:
-            dup = pd.Index(genes)[pd.Index(genes).duplicated()].unique()[:5].tolist()
-            raise ValueError(f"var_names has duplicates (e.g. {dup}); call adata.var_names_make_unique()")
-        keys = genes if symbols is None else [str(s) for s in symbols]
+        keys = genes if symbols is None else ["" if pd.isna(s) else str(s) for s in symbols]
         if len(keys) != G:
-            raise ValueError(f"symbols has {len(keys)} entries, expected one per gene ({G})")
+            raise ValueError(f"symbols has {len(keys)} entries but there are {G} genes; pass one symbol per "
+                             "gene, e.g. symbols=adata.var['feature'].")
         lookup = _Lookup(keys, case_insensitive)
         df = _priors.load(prior, organism)
-        n_total = len(df)
-        src = df["source"].map(lookup.get)
-        tgt = df["target"].map(lookup.get)
-        keep = src.notna() & tgt.notna()
+        src = np.array([lookup.get(s) for s in df["source"]], dtype=np.int64)  # (n_rows,), -1 = absent
+        tgt = np.array([lookup.get(t) for t in df["target"]], dtype=np.int64)
+        keep = (src >= 0) & (tgt >= 0)
         if not keep.any() and not allow_empty:
-            ex_prior = pd.unique(pd.concat([df["source"], df["target"]]))[:5].tolist()
-            raise ValueError(
-                f"the prior and the genes do not overlap: 0 of {n_total} edges connect two of the {G} genes. "
-                f"Prior genes look like {ex_prior}; your genes look like {keys[:5]}. If var_names are Ensembl "
-                "ids, pass symbols=adata.var['<symbol column>'] (setup_anndata(symbol_key=...)); check the "
-                "organism (human symbols are upper-case, mouse capitalised).")
-        e = pd.DataFrame({"j": src[keep].astype(int).to_numpy(), "i": tgt[keep].astype(int).to_numpy(),
-                          "w": df.loc[keep, "weight"].to_numpy(dtype=float)})
-        e = e.groupby(["j", "i"], sort=True, as_index=False)["w"].sum()  # merge duplicates after matching
-        j, i, w = e["j"].to_numpy(), e["i"].to_numpy(), e["w"].to_numpy()
-        types = np.full(len(j), EDGE_PRIOR)
+            raise ValueError(_no_overlap_message(df, keys, symbols is not None, organism))
+        e = pd.DataFrame({"j": src[keep], "i": tgt[keep], "w": df["weight"].to_numpy(float)[keep]})
+        e = e.groupby(["j", "i"], sort=True, as_index=False)["w"].mean()  # same rule as from_decoupler
+        j, i, w = e["j"].to_numpy(np.int64), e["i"].to_numpy(np.int64), e["w"].to_numpy(float)
         touched = np.zeros(G, dtype=bool)
         touched[j], touched[i] = True, True
-        parts = [(j, i, np.sign(w), np.abs(w), types)]
+        parts = [(j, i, np.sign(w), np.abs(w), EDGE_PRIOR)]
         if add_reverse:
-            have = set(zip(j.tolist(), i.tolist()))
-            rev = [(b, a, s, m) for a, b, s, m in zip(j, i, np.sign(w), np.abs(w)) if a != b and (b, a) not in have]
-            if rev:
-                rj, ri, rs, rw = map(np.asarray, zip(*rev))
-                parts.append((rj, ri, rs, rw, np.full(len(rj), EDGE_REVERSE)))
+            have = set((j * G + i).tolist())
+            r = np.array([(b * G + a) not in have for a, b in zip(j.tolist(), i.tolist())], dtype=bool) & (j != i)
+            parts.append((i[r], j[r], np.sign(w[r]), np.abs(w[r]), EDGE_REVERSE))
         if isolated == "knn":
             if expression is None:
-                raise ValueError("isolated='knn' needs expression (cells × genes) to find co-expressed genes")
-            parts.append(_knn_edges(expression, np.flatnonzero(~touched), knn_k))
+                raise ValueError("isolated='knn' needs expression=... (cells × genes, e.g. adata.X) to find "
+                                 "co-expressed genes; or use isolated='self_loop'.")
+            parts.append((*_knn_edges(expression, np.flatnonzero(~touched), knn_k, G), EDGE_KNN))
         elif isolated != "self_loop":
             raise ValueError(f"isolated must be 'self_loop' or 'knn', got {isolated!r}")
         if self_loops:
-            has_self = set(j[j == i].tolist())
-            loops = np.array([g for g in range(G) if g not in has_self], dtype=int)
-            parts.append((loops, loops, np.zeros(len(loops)), np.ones(len(loops)), np.full(len(loops), EDGE_SELF)))
-        J, I, S, W, T = (np.concatenate([p[k] for p in parts]) for k in range(5))
+            loops = np.setdiff1d(np.arange(G), j[j == i])  # genes with prior autoregulation keep theirs
+            parts.append((loops, loops, np.zeros(len(loops)), np.ones(len(loops)), EDGE_SELF))
+        J, I, S, W = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        T = np.concatenate([np.full(len(p[0]), p[4]) for p in parts])
         membership, names, dropped = None, [], 0
         if modules is not None:
             membership, names, dropped = _membership(modules, lookup, G, organism, min_module_size, max_module_size)
-        n_kept = int(len(j))
+        prior_names = set(df["source"]) | set(df["target"])
+        if case_insensitive:
+            prior_names |= {n.upper() for n in prior_names}
+        in_prior = sum(1 for k in keys if k and (k in prior_names or (case_insensitive and k.upper() in prior_names)))
         coverage = {
-            "n_genes": G, "n_genes_in_prior": int(touched.sum()),
-            "n_tfs": int(len(np.unique(j))) if len(j) else 0,
-            "n_isolated": int((~touched).sum()), "n_edges_prior_total": int(n_total),
-            "n_edges_kept": n_kept, "n_edges_dropped": int(n_total - keep.sum()),
-            "n_duplicate_edges_merged": int(keep.sum() - n_kept), "n_case_only_matches": lookup.n_case_only,
-            "n_self_edges_in_prior": int((j == i).sum()), "n_edges_total": int(len(J)),
-            "n_modules": 0 if membership is None else int(membership.shape[1]), "modules_dropped": int(dropped),
+            "n_genes": G, "n_genes_in_prior": int(in_prior), "n_tfs": int(len(np.unique(j))),
+            "n_isolated": int((~touched).sum()), "n_edges_prior_total": int(len(df)),
+            "n_edges_kept": int(len(j)), "n_edges_dropped": int((~keep).sum()),
+            "n_duplicates_merged": int(keep.sum() - len(j)), "n_self_edges_kept": int((j == i).sum()),
+            "n_case_only_matches": lookup.n_case_only, "n_modules": 0 if membership is None else len(names),
+            "modules_dropped": int(dropped), "min_module_size": int(min_module_size),
+            "max_module_size": int(max_module_size),
         }
         graph = cls(genes, np.stack([J, I]), S, W, T, membership, names, coverage)
-        (log.info if verbose else log.debug)(graph.summary())
+        (log.info if verbose else log.debug)("%s", graph.summary())
         if verbose:
             print(graph.summary())
         return graph
 
     # ------------------------------------------------------- serialisation
     def to_state(self) -> dict:
-        """Plain tensors and lists (loadable with ``torch.load(weights_only=True)``)."""
+        """Plain tensors, lists and numbers: safe for ``torch.load(..., weights_only=True)``."""
+        coverage = {k: v for k, v in self.coverage.items() if isinstance(v, (bool, int, float, str))}
         return {"genes": list(self.genes), "edge_index": self.edge_index.clone(), "edge_sign": self.edge_sign.clone(),
                 "edge_weight": self.edge_weight.clone(), "edge_type": self.edge_type.clone(),
                 "membership": None if self.membership is None else self.membership.clone(),
-                "module_names": list(self.module_names),
-                "coverage": {k: v for k, v in self.coverage.items() if isinstance(v, (int, float, str))}}
+                "module_names": list(self.module_names), "coverage": coverage}
 
     @classmethod
-    def from_state(cls, d: dict) -> "GeneGraph":
-        return cls(d["genes"], d["edge_index"], d["edge_sign"], d["edge_weight"], d["edge_type"],
-                   d.get("membership"), d.get("module_names"), d.get("coverage"))
+    def from_state(cls, state: dict) -> "GeneGraph":
+        """Inverse of :meth:`to_state`."""
+        missing = [k for k in ("genes", "edge_index") if k not in state]
+        if missing:
+            raise ValueError(f"not a GeneGraph state: missing {missing} (keys: {sorted(state)})")
+        return cls(state["genes"], state["edge_index"], state.get("edge_sign"), state.get("edge_weight"),
+                   state.get("edge_type"), state.get("membership"), state.get("module_names"), state.get("coverage"))
 
     def permute(self, perm) -> "GeneGraph":
-        """The same graph with genes reordered: new gene ``k`` is old gene ``perm[k]``."""
-        perm = torch.as_tensor(perm, dtype=torch.long)
+        """The same graph with genes reordered: new gene ``k`` is old gene ``perm[k]``.
+
+        Edges keep their order and attributes; ``membership`` rows follow their genes. Permuting
+        the input genes of a model together with its graph permutes its output the same way.
+        """
+        perm = torch.as_tensor(perm, dtype=torch.long).reshape(-1)
+        if perm.numel() != self.n_genes or not torch.equal(torch.sort(perm).values, torch.arange(self.n_genes)):
+            raise ValueError(f"perm must be a permutation of 0..{self.n_genes - 1}")
         inv = torch.argsort(perm)  # old index → new index
-        return GeneGraph([self.genes[p] for p in perm.tolist()], inv[self.edge_index], self.edge_sign,
-                         self.edge_weight, self.edge_type, None if self.membership is None else self.membership[perm],
-                         self.module_names, self.coverage)
+        return GeneGraph([self.genes[p] for p in perm.tolist()], inv[self.edge_index], self.edge_sign.clone(),
+                         self.edge_weight.clone(), self.edge_type.clone(),
+                         None if self.membership is None else self.membership[perm], self.module_names, self.coverage)
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Edges as a long table ``source, target, weight, type``."""
-        j, i = self.edge_index
-        return pd.DataFrame({"source": [self.genes[k] for k in j.tolist()], "target": [self.genes[k] for k in i.tolist()],
+        """Edges as a long table ``source, target, weight`` (signed) and ``type``."""
+        j, i = self.edge_index.tolist()
+        return pd.DataFrame({"source": [self.genes[k] for k in j], "target": [self.genes[k] for k in i],
                              "weight": (self.edge_sign * self.edge_weight).numpy(), "type": self.edge_type.numpy()})
 
 
 class _Lookup:
-    """Name → gene index, exact first, then case-insensitive (counted)."""
+    """Prior name → gene index: exact match first, then up to case (counted), else -1."""
 
     def __init__(self, keys: list[str], case_insensitive: bool):
         self.exact: dict[str, int] = {}
-        for k, name in enumerate(keys):
-            self.exact.setdefault(name, k)
         self.upper: dict[str, int] = {}
-        if case_insensitive:
-            for k, name in enumerate(keys):
-                self.upper.setdefault(name.upper(), k)
+        for k, name in enumerate(keys):
+            if name:
+                self.exact.setdefault(name, k)  # duplicated symbols: the first gene wins
+                if case_insensitive:
+                    self.upper.setdefault(name.upper(), k)
         self.case_only: set[str] = set()
 
     @property
     def n_case_only(self) -> int:
         return len(self.case_only)
 
-    def get(self, name: str):
+    def get(self, name: str) -> int:
         k = self.exact.get(name)
         if k is None and self.upper:
-            k = self.upper.get(str(name).upper())
+            k = self.upper.get(name.upper())
             if k is not None:
                 self.case_only.add(name)
-        return k
+        return -1 if k is None else k
+
+
+def _no_overlap_message(df: pd.DataFrame, keys: list[str], have_symbols: bool, organism: str) -> str:
+    ex_prior = pd.unique(pd.concat([df["source"], df["target"]]))[:5].tolist()
+    ex_genes = [k for k in keys if k][:5]
+    msg = (f"the prior and the genes do not overlap: none of its {len(df):,} edges joins two of your "
+           f"{len(keys):,} genes. Prior names look like {ex_prior}; your genes look like {ex_genes}.")
+    if any(k.upper().startswith("ENS") for k in ex_genes) and not have_symbols:
+        msg += " Your var_names look like Ensembl ids: pass symbols=adata.var['<symbol column>']."
+    else:
+        msg += " If var_names are not gene symbols, pass symbols=adata.var['<symbol column>']."
+    return msg + f" Also check organism= (now {organism!r}) and that the prior is for this species."
 
 
 def _membership(modules, lookup: _Lookup, G: int, organism: str, lo: int, hi: int):
+    """Gene sets → (G, P) 0/1 membership of the sets whose size among the genes is in [lo, hi]."""
     sets = _priors.load(modules, organism)
-    idx = sets["target"].map(lookup.get)
-    sets = sets.assign(g=idx).dropna(subset=["g"])
+    idx = np.array([lookup.get(g) for g in sets["target"]], dtype=np.int64)
+    n_sets = sets["source"].nunique()
+    present = sets.assign(g=idx)[idx >= 0]
     cols, names = [], []
-    n_all = _priors.load(modules, organism)["source"].nunique() if not isinstance(modules, pd.DataFrame) else modules["source"].nunique()
-    for name, g in sets.groupby("source", sort=False)["g"]:
-        members = np.unique(g.astype(int).to_numpy())
+    for name, g in present.groupby("source", sort=False)["g"]:
+        members = np.unique(g.to_numpy())
         if lo <= len(members) <= hi:
             col = np.zeros(G, dtype=np.float32)
             col[members] = 1.0
             cols.append(col)
             names.append(str(name))
     if not cols:
-        raise ValueError(f"no gene set has between {lo} and {hi} of your genes; lower min_module_size or check "
-                         "that the gene sets match your gene naming (symbols, organism)")
-    return np.stack(cols, axis=1), names, int(n_all - len(names))
+        best = int(present.groupby("source")["g"].nunique().max()) if len(present) else 0
+        raise ValueError(f"no gene set has between {lo} and {hi} of your genes (the largest "
+                         f"overlap is {best}); lower min_module_size=, or check that the gene sets use the same "
+                         "gene names (symbols=) and organism= as your data.")
+    return np.stack(cols, axis=1), names, int(n_sets - len(names))  # (G, P)
 
 
-def _knn_edges(expression, targets: np.ndarray, k: int):
-    """In-edges j → i for each gene i in ``targets`` from its k most |correlated| genes."""
+def _knn_edges(expression, targets: np.ndarray, k: int, G: int, chunk: int = 512):
+    """In-edges ``j → i`` for each gene ``i`` in ``targets`` from its ``k`` most |Pearson|-correlated genes.
+
+    Works on sparse counts without densifying: cov(X_j, X_i) = E[X_j X_i] − E[X_j] E[X_i].
+    """
     from scipy import sparse
-    X = expression.toarray() if sparse.issparse(expression) else np.asarray(expression, dtype=float)
-    Xc = X - X.mean(0)
-    sd = np.sqrt((Xc**2).sum(0))
-    sd[sd == 0] = np.inf
+
+    X = sparse.csc_matrix(expression, dtype=np.float64) if sparse.issparse(expression) \
+        else np.asarray(expression, dtype=np.float64)  # (B, G)
+    if X.ndim != 2 or X.shape[1] != G:
+        raise ValueError(f"expression must be cells × genes with {G} gene columns (same order as var_names), "
+                         f"got shape {X.shape}")
+    B = X.shape[0]
+    mean = np.asarray(X.mean(axis=0)).ravel()  # (G,)
+    sq = X.multiply(X) if sparse.issparse(X) else X * X
+    sd = np.sqrt(np.maximum(np.asarray(sq.mean(axis=0)).ravel() - mean**2, 0.0))  # (G,)
     J, I, S, W = [], [], [], []
-    for i in targets:
-        c = (Xc.T @ Xc[:, i]) / (sd * sd[i])
-        c[i] = 0.0
-        top = np.argsort(-np.abs(c))[:k]
-        for jj in top:
-            if np.isfinite(c[jj]) and c[jj] != 0:
-                J.append(jj); I.append(i); S.append(np.sign(c[jj])); W.append(abs(c[jj]))
-    n = len(J)
-    return (np.asarray(J, dtype=int), np.asarray(I, dtype=int), np.asarray(S, dtype=float),
-            np.asarray(W, dtype=float), np.full(n, EDGE_KNN))
+    for start in range(0, len(targets), chunk):
+        t = targets[start:start + chunk]
+        cross = X.T @ X[:, t]  # (G, T)
+        cross = cross.toarray() if sparse.issparse(cross) else np.asarray(cross)
+        cov = cross / B - np.outer(mean, mean[t])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            corr = cov / np.outer(sd, sd[t])
+        corr[~np.isfinite(corr)] = 0.0
+        corr[t, np.arange(len(t))] = 0.0  # no self-neighbour
+        kk = min(k, G - 1)
+        if kk <= 0:
+            break
+        top = np.argpartition(-np.abs(corr), kk - 1, axis=0)[:kk]  # (k, T)
+        for col, i in enumerate(t):
+            for jj in top[:, col]:
+                c = corr[jj, col]
+                if c != 0.0:
+                    J.append(jj); I.append(i); S.append(np.sign(c)); W.append(abs(c))
+    return (np.asarray(J, dtype=np.int64), np.asarray(I, dtype=np.int64), np.asarray(S, dtype=float),
+            np.asarray(W, dtype=float))

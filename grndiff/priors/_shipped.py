@@ -1,9 +1,9 @@
 """The priors shipped with grndiff (offline, the default) and the optional online path.
 
 The files live in the repository's top-level ``priors/`` folder, next to a ``manifest.json``
-(name, organism, kind, file, sha256, rows, licence, citation) and a ``README.md``. An installed
-grndiff carries the same folder as package data ``grndiff/_priors`` (a link to ``priors/`` in
-the source tree, materialised by setuptools when the wheel is built).
+(name, organism, kind, file, sha256, rows, licence, citation) and a ``README.md``. pyproject.toml
+maps that folder to the package ``grndiff._priors`` (``[tool.setuptools.package-dir]``), so an
+installed, non-editable grndiff carries the same files.
 """
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ _CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
 
 
 def _candidate_dirs() -> list[Path]:
-    return [Path(str(files("grndiff") / "_priors")),  # installed wheel, or the link in a checkout
-            Path(__file__).resolve().parents[2] / "priors"]  # source checkout without symlinks
+    dirs = []
+    try:  # installed wheel (and editable installs made after the package-dir mapping)
+        dirs.append(Path(str(files("grndiff._priors"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return dirs + [Path(__file__).resolve().parents[2] / "priors"]  # a source checkout
 
 
 def prior_dir() -> Path:
@@ -32,7 +36,7 @@ def prior_dir() -> Path:
     Returns
     -------
     pathlib.Path
-        ``grndiff/_priors`` inside the installed package, else the source tree's ``priors/``.
+        The package data ``grndiff._priors`` when installed, else the source tree's ``priors/``.
     """
     for d in _candidate_dirs():
         if (d / "manifest.json").is_file():
