@@ -12,6 +12,7 @@ from .condition_set import ConditionSet
 from .conditions import (CategoricalEncoder, ContinuousEncoder, HierarchicalEncoder, PerturbationEncoder, SetEncoder,
                          UnknownConditionError, split_combo)
 from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
+from .backed import BackedCellDataset, BackedCSR, BackedDataModule, streaming_scaler
 from .module import GRNDataModule, holdout_mask, split_indices
 from .normalize import (LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k,
                         log1p_normalized_copy)
@@ -19,9 +20,9 @@ from .processor import CellData, ExpressionProcessor
 from .setup import get_setup, setup_anndata
 
 __all__ = [
-    "BatchIndex", "CategoricalEncoder", "CellBatchSampler", "CellData", "CellDataset", "ConditionSet",
+    "BackedCSR", "BackedCellDataset", "BackedDataModule", "BatchIndex", "CategoricalEncoder", "CellBatchSampler", "CellData", "CellDataset", "ConditionSet",
     "ContinuousEncoder", "ControlPairing", "ExpressionProcessor", "GRNDataModule", "GeneScaler",
     "HierarchicalEncoder", "LOG_MAX", "MIN_STD", "PerturbationEncoder", "SetEncoder", "UnknownConditionError",
     "check_values", "detect_kind", "get_setup", "holdout_mask", "log1p_cp10k", "log1p_normalized_copy",
-    "match_groups", "setup_anndata", "split_combo", "split_indices",
+    "match_groups", "setup_anndata", "split_combo", "split_indices", "streaming_scaler",
 ]
