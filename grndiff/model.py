@@ -430,6 +430,8 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        from .train.checkpoint import file_mode
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)  # atomic on POSIX: never a truncated model.pt
     finally:
         if os.path.exists(tmp):

@@ -48,6 +48,15 @@ def _per_unique(labels: np.ndarray, fn) -> tuple[list, np.ndarray]:
     return [fn(None if u is None or (isinstance(u, float) and np.isnan(u)) else u) for u in uniques], codes
 
 
+def _refuse_missing(name: str, labels: np.ndarray, control: str) -> np.ndarray:
+    """Labels unchanged, or a clear error when some are NaN/None (they would silently mean "control")."""
+    n_nan = sum(v is None for v in labels)
+    if n_nan:
+        raise ValueError(f"obs[{name!r}]: {n_nan} of {len(labels)} cells have no value (NaN/None). Label them "
+                         f"({control!r} means none) or remove them: adata = adata[adata.obs[{name!r}].notna()].copy()")
+    return labels
+
+
 def _listing(values: Sequence, n: int = 20) -> str:
     values = list(values)
     more = f" … and {len(values) - n} more" if len(values) > n else ""
@@ -186,7 +195,8 @@ class SetEncoder:
         self.categories = None if categories is None else [str(c) for c in categories]
 
     def fit(self, values) -> "SetEncoder":
-        parts, _ = _per_unique(_labels(values), lambda v: split_combo(v, self.control, self.combo_sep))
+        labels = _refuse_missing(self.name, _labels(values), self.control)
+        parts, _ = _per_unique(labels, lambda v: split_combo(v, self.control, self.combo_sep))
         self.categories = sorted({c for ps in parts for c in ps})
         return self
 
@@ -197,7 +207,8 @@ class SetEncoder:
     def encode(self, values) -> np.ndarray:
         """Labels (N,) → (N, S) int64, each row sorted ascending then 0-padded (S ≥ 1)."""
         index = {c: i + 1 for i, c in enumerate(self.categories)}
-        parts, codes = _per_unique(_labels(values), lambda v: split_combo(v, self.control, self.combo_sep))
+        labels = _refuse_missing(self.name, _labels(values), self.control)
+        parts, codes = _per_unique(labels, lambda v: split_combo(v, self.control, self.combo_sep))
         bad = [p for ps in parts for p in ps if p not in index]
         if bad:
             raise _unknown(self.name, list(dict.fromkeys(bad)), self.categories)
@@ -302,7 +313,8 @@ class PerturbationEncoder:
 
     def _rows(self, values) -> tuple[np.ndarray, list[str]]:
         """(N, S) gene indices (-1 padded) and the perturbed genes not in ``genes``."""
-        parts, codes = _per_unique(_labels(values), lambda v: split_combo(v, self.control, self.combo_sep))
+        labels = _refuse_missing(self.name, _labels(values), self.control)
+        parts, codes = _per_unique(labels, lambda v: split_combo(v, self.control, self.combo_sep))
         missing = [p for ps in parts for p in ps if p not in self._index]
         rows = [sorted(self._index[p] for p in ps if p in self._index) for ps in parts]
         return _pad(rows, -1)[codes], list(dict.fromkeys(missing))

@@ -6,6 +6,7 @@ import logging
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader
 
 from .dataset import CellBatchSampler, CellDataset, ControlPairing, match_groups
@@ -167,8 +168,11 @@ class GRNDataModule(L.LightningDataModule):
         sampler = CellBatchSampler(indices, self.batch_size, shuffle=train, drop_last=drop, seed=self.split_seed,
                                    pairing=self.pairing)
         # batch_size=None: each sampler item is a whole BatchIndex, built by one CSR slice
+        # own generator: creating an iterator draws a worker base seed, which would otherwise consume
+        # the global RNG between steps (a resumed run would then draw other noise than the original)
+        gen = torch.Generator().manual_seed(self.split_seed)
         return DataLoader(self.dataset, sampler=sampler, batch_size=None, collate_fn=_as_is,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=gen)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_indices, train=True)

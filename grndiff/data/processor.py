@@ -155,6 +155,14 @@ class ExpressionProcessor:
             if n_frac:
                 raise ValueError(f"the model was fitted on raw counts in {self._field()}, but this AnnData's "
                                  f"{self._field()} has {n_frac:,} non-integer values; pass raw counts")
+            total = np.asarray(X.sum(axis=1)).ravel()  # (N,)
+            empty = np.flatnonzero(total <= 0)
+            if empty.size:  # CP10k divides by the library size: undefined for a cell without counts
+                names = [str(adata.obs_names[i]) for i in empty[:5]]
+                raise ValueError(f"{self._field()} has {empty.size:,} cells with no counts at all (e.g. {names}); "
+                                 "library-size normalisation is undefined for them. Remove them first: "
+                                 "sc.pp.filter_cells(adata, min_counts=1), or "
+                                 f"adata = adata[np.asarray({self._field()}.sum(1)).ravel() > 0].copy()")
             X = log1p_cp10k(X, self.target_sum)
         X = sp.csr_matrix(X, dtype=np.float32)
         if order is not None:

@@ -23,6 +23,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, file_mode())  # mkstemp creates 0600; give the file the permissions open() would
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -30,6 +31,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return safe_load(path, map_location=map_location or "cpu")
+
+
+def file_mode() -> int:
+    """Permissions a new file gets from ``open()`` under the current umask (e.g. 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def safe_load(path, map_location="cpu") -> dict[str, Any]:

@@ -92,6 +92,13 @@ class FlowModule(L.LightningModule):
         # everything needed to rebuild a GRNDiff from this file alone (plain types and tensors)
         if self.export_state is not None:
             checkpoint["grndiff"] = self.export_state
+        # Lightning does not save RNG states: without them a resumed run draws other noise/times
+        # than the uninterrupted one (tensors only: loadable with weights_only=True)
+        checkpoint["grndiff_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "grndiff_rng" in checkpoint:
+            _set_rng_state(checkpoint["grndiff_rng"])
 
     # ------------------------------------------------------------------ loss
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -140,9 +147,13 @@ class FlowModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["x"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        # EMA right after the weights change: in on_train_batch_end it would run after
+        # ModelCheckpoint's hook, so every step checkpoint (and a run resumed from it) missed one update
+        out = super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.net)
+        return out
 
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self):
@@ -181,6 +192,21 @@ class FlowModule(L.LightningModule):
             return flow.sample_ode(f, x0, method=method, n_steps=n_steps, progress=progress)
         finally:
             net.train(was_training)
+
+
+def _rng_state() -> dict:
+    """Global torch RNG states (CPU and every CUDA device) as tensors."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _condition_groups(cond: dict, pert, B: int, device) -> torch.Tensor:
