@@ -1,111 +1,353 @@
-"""grndiff.flow against closed forms."""
+"""grndiff.flow against closed forms (tiny tensors, one thread: about a second in all).
+
+Closed form used throughout. With x₀ ~ N(0, I), x₁ ~ N(μ, s² I) independent and
+x_t = (1 − t) x₀ + t x₁, the pair (u = x₁ − x₀, x_t) is jointly Gaussian per gene with
+    E[x_t] = t μ,  Var[x_t] = σ_t² := (1 − t)² + t² s²,  Cov[u, x_t] = t s² − (1 − t),
+so the marginal velocity (the flow-matching optimum) is
+    v(x, t) = E[u | x_t = x] = μ + (t s² − (1 − t)) / σ_t² · (x − t μ),
+the irreducible loss is Var[u | x_t] = (1 + s²) − (t s² − (1 − t))² / σ_t² = s² / σ_t², and the
+ODE solution from x₀ is x(t) = t μ + σ_t x₀ (dσ_t/dt · x₀ = (t s² − (1 − t))/σ_t · x₀ matches v),
+so x(1) = μ + s x₀ exactly, cell by cell.
+"""
 import itertools
 
-import numpy as np
 import pytest
 import torch
 
 from grndiff import flow
 
 
-def test_interpolant_and_target_closed_form():
-    x0, x1 = torch.randn(4, 3), torch.randn(4, 3)
-    torch.testing.assert_close(flow.interpolate(x0, x1, torch.zeros(4)), x0)
-    torch.testing.assert_close(flow.interpolate(x0, x1, torch.ones(4)), x1)
-    t = torch.tensor([0.25, 0.5, 0.75, 0.1])
-    torch.testing.assert_close(flow.interpolate(x0, x1, t), x0 + t[:, None] * (x1 - x0))
-    torch.testing.assert_close(flow.target_velocity(x0, x1), x1 - x0)
-    # d/dt of the interpolant is the target
-    eps = 1e-3
-    num = (flow.interpolate(x0, x1, t + eps) - flow.interpolate(x0, x1, t)) / eps
-    torch.testing.assert_close(num, flow.target_velocity(x0, x1), atol=1e-3, rtol=1e-3)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: thread hand-offs cost more than the arithmetic (seconds on a busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
-def test_flow_loss_values():
-    v, u = torch.zeros(2, 4), torch.tensor([[1.0, 1, 1, 1], [2.0, 2, 2, 2]])
-    assert flow.flow_loss(v, u).item() == pytest.approx(2.5)
-    assert flow.flow_loss(v, u, weight=torch.tensor([1.0, 0.0])).item() == pytest.approx(1.0)
-    torch.testing.assert_close(flow.flow_loss(v, u, reduction="none"), torch.tensor([1.0, 4.0]))
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
-def test_time_samplers_support_and_moments():
-    g = torch.Generator().manual_seed(0)
-    t = flow.sample_time(20000, schedule="logit_normal", mean=0.5, std=0.8, generator=g)
-    assert t.min() > 0 and t.max() < 1
-    logit = torch.log(t / (1 - t))
-    assert abs(logit.mean().item() - 0.5) < 0.03 and abs(logit.std().item() - 0.8) < 0.03
-    u = flow.sample_time(20000, schedule="uniform", generator=g)
-    assert abs(u.mean().item() - 0.5) < 0.01
-    with pytest.raises(ValueError, match="schedule"):
-        flow.sample_time(3, schedule="cosine")
-
-
-def test_exact_ot_pairing_is_optimal_and_respects_groups():
-    g = torch.Generator().manual_seed(0)
-    x0, x1 = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
-    perm = flow.ot_pair_indices(x0, x1)
-    cost = (x0[perm] - x1).square().sum().item()
-    brute = min((x0[list(p)] - x1).square().sum().item() for p in itertools.permutations(range(5)))
-    assert cost == pytest.approx(brute, rel=1e-6)
-    assert cost <= (x0 - x1).square().sum().item() + 1e-9
-    groups = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0])
-    a, b = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
-    perm = flow.ot_pair_indices(a, b, groups=groups)
-    assert torch.equal(groups[perm], groups)
-    assert sorted(perm.tolist()) == list(range(8))
+def _sigma_t(t, s):
+    return ((1 - t) ** 2 + t**2 * s**2) ** 0.5
 
 
 def _gaussian_velocity(mu: torch.Tensor, s: float):
-    """Exact marginal velocity of x_t = (1−t)x0 + t x1, x0 ~ N(0, I), x1 ~ N(mu, s² I) independent:
-    E[x1 − x0 | x_t = x] = mu + (t s² − (1 − t)) / ((1 − t)² + t² s²) · (x − t mu)."""
+    """Exact marginal velocity for N(0, I) → N(μ, s² I) under the independent coupling."""
     def f(x, t):
-        t = t[:, None]
-        coef = (t * s**2 - (1 - t)) / ((1 - t) ** 2 + t**2 * s**2)
-        return mu + coef * (x - t * mu)
+        t = t[:, None]  # (B, 1)
+        return mu + (t * s**2 - (1 - t)) / _sigma_t(t, s) ** 2 * (x - t * mu)
     return f
 
 
-@pytest.mark.parametrize("method,steps,tol", [("euler", 200, 0.05), ("heun", 50, 0.03), ("dopri5", None, 0.03)])
+def _exact_path(x0, t, mu, s):
+    """x(t) = t μ + σ_t x₀: the solution of the ODE above."""
+    return t * mu + _sigma_t(t, s) * x0
+
+
+# ------------------------------------------------------------------ paths
+def test_interpolant_endpoints_midpoint_and_derivative():
+    g = _gen(0)
+    x0, x1 = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    torch.testing.assert_close(flow.interpolate(x0, x1, torch.zeros(4)), x0)
+    torch.testing.assert_close(flow.interpolate(x0, x1, torch.ones(4)), x1)
+    torch.testing.assert_close(flow.interpolate(x0, x1, 0.5), (x0 + x1) / 2)  # scalar t
+    t = torch.tensor([0.25, 0.5, 0.75, 0.1])
+    torch.testing.assert_close(flow.interpolate(x0, x1, t), (1 - t[:, None]) * x0 + t[:, None] * x1)
+    torch.testing.assert_close(flow.target_velocity(x0, x1), x1 - x0)
+    # the target is d x_t / dt (the path is linear: the finite difference is exact up to rounding)
+    num = (flow.interpolate(x0, x1, t + 1e-2) - flow.interpolate(x0, x1, t)) / 1e-2
+    torch.testing.assert_close(num, flow.target_velocity(x0, x1), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="one time per cell"):
+        flow.interpolate(x0, x1, torch.zeros(3))
+    with pytest.raises(ValueError, match="same shape"):
+        flow.interpolate(x0, x1[:, :2], t)
+
+
+def test_interpolant_noise_has_std_sigma_and_is_seeded():
+    x0, x1 = torch.zeros(4000, 2), torch.ones(4000, 2)
+    t = torch.full((4000,), 0.3)
+    xt = flow.interpolate(x0, x1, t, sigma=0.1, generator=_gen(0))
+    eps = xt - 0.3
+    assert abs(eps.mean().item()) < 0.005 and abs(eps.std().item() - 0.1) < 0.005
+    assert torch.equal(xt, flow.interpolate(x0, x1, t, sigma=0.1, generator=_gen(0)))
+
+
+def test_flow_loss_values_and_reductions():
+    v, u = torch.zeros(2, 4), torch.tensor([[1.0, 1, 1, 1], [2.0, 2, 2, 2]])
+    assert flow.flow_loss(v, u).item() == pytest.approx(2.5)
+    assert flow.flow_loss(v, u, reduction="sum").item() == pytest.approx(5.0)
+    torch.testing.assert_close(flow.flow_loss(v, u, reduction="none"), torch.tensor([1.0, 4.0]))
+    w = torch.tensor([1.0, 3.0])
+    assert flow.flow_loss(v, u, weight=w).item() == pytest.approx((1 + 12) / 4)  # weighted mean
+    assert flow.flow_loss(v, u, weight=torch.tensor([1.0, 0.0])).item() == pytest.approx(1.0)
+    assert flow.flow_loss(v, u, weight=torch.full((2,), 7.0)).item() == pytest.approx(2.5)
+    assert flow.flow_loss(v, u, weight=torch.zeros(2)).item() == 0.0
+    with pytest.raises(ValueError, match="reduction"):
+        flow.flow_loss(v, u, reduction="max")
+
+
+# ------------------------------------------------------------------ the Gaussian closed form itself
+@pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
+def test_gaussian_marginal_velocity_is_the_regression_optimum(t):
+    """Monte-Carlo check of the derivation: E[u | x_t] is linear with the closed-form slope, and
+    the loss of the closed-form field is the irreducible s² / σ_t²."""
+    mu, s, n = torch.tensor([2.0, -1.0, 0.5]), 0.5, 8000
+    g = _gen(1)
+    x0, x1 = torch.randn(n, 3, generator=g), mu + s * torch.randn(n, 3, generator=g)
+    tt = torch.full((n,), t)
+    xt, u = flow.interpolate(x0, x1, tt), flow.target_velocity(x0, x1)
+    xc, uc = xt - xt.mean(0), u - u.mean(0)
+    slope = (xc * uc).mean(0) / xc.square().mean(0)  # least-squares slope per gene (3,)
+    expected = (t * s**2 - (1 - t)) / _sigma_t(t, s) ** 2
+    se = s / (_sigma_t(t, s) ** 2 * n**0.5)  # standard error of the slope
+    torch.testing.assert_close(slope, torch.full((3,), expected), atol=4 * se, rtol=0)
+    best = flow.flow_loss(_gaussian_velocity(mu, s)(xt, tt), u).item()
+    assert best == pytest.approx(s**2 / _sigma_t(t, s) ** 2, rel=0.05)
+    worse = flow.flow_loss(1.1 * _gaussian_velocity(mu, s)(xt, tt), u).item()
+    assert worse > best
+
+
+# ------------------------------------------------------------------ time
+def test_time_samplers_support_moments_and_seeding():
+    t = flow.sample_time(20000, schedule="logit_normal", mean=0.5, std=0.8, generator=_gen(0))
+    assert t.shape == (20000,) and t.dtype == torch.float32
+    assert t.min() > 0 and t.max() < 1
+    logit = torch.log(t / (1 - t))
+    assert abs(logit.mean().item() - 0.5) < 0.03 and abs(logit.std().item() - 0.8) < 0.03
+    t0 = flow.sample_time(20000, generator=_gen(0))  # default: logit-normal(0, 1), symmetric about 1/2
+    assert abs(t0.mean().item() - 0.5) < 0.01 and abs(torch.logit(t0).std().item() - 1.0) < 0.03
+    u = flow.sample_time(20000, schedule="uniform", generator=_gen(0))
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.003
+    assert torch.equal(flow.sample_time(7, generator=_gen(3)), flow.sample_time(7, generator=_gen(3)))
+    assert flow.sample_time(3, device="cpu").device.type == "cpu"
+    with pytest.raises(ValueError, match="schedule"):
+        flow.sample_time(3, schedule="cosine")
+    with pytest.raises(ValueError, match="std"):
+        flow.sample_time(3, std=0.0)
+
+
+# ------------------------------------------------------------------ sources
+def test_sample_source_noise_and_control():
+    x1 = torch.zeros(5, 3, dtype=torch.float64)
+    x0 = flow.sample_source(x1, generator=_gen(0))
+    assert x0.shape == (5, 3) and x0.dtype == torch.float64
+    assert flow.sample_source((4, 2)).shape == (4, 2)
+    ctrl = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.equal(flow.sample_source(x1, "control", x_control=ctrl), ctrl)
+    with pytest.raises(ValueError, match="x_control"):
+        flow.sample_source(x1, "control")
+    with pytest.raises(ValueError, match="shape"):
+        flow.sample_source(x1, "control", x_control=ctrl[:4])
+    with pytest.raises(ValueError, match="source"):
+        flow.sample_source(x1, "uniform")
+
+
+def test_seeded_noise_is_bitwise_reproducible_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b = flow.seeded_noise((50, 3), seed=3), flow.seeded_noise((50, 3), seed=3)
+    assert torch.equal(a, b) and not torch.equal(a, flow.seeded_noise((50, 3), seed=4))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(flow.seeded_noise((50, 3), 3, dtype=torch.float64), a.double(), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ minibatch OT
+def _cost(a, b, idx):
+    return (a[idx] - b).square().sum().item()
+
+
+def test_exact_ot_equals_brute_force_and_beats_identity():
+    g = _gen(0)
+    for _ in range(3):
+        x0, x1 = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
+        idx = flow.ot_pair_indices(x0, x1)
+        assert sorted(idx.tolist()) == list(range(5))  # a permutation
+        brute = min(_cost(x0, x1, list(p)) for p in itertools.permutations(range(5)))
+        assert _cost(x0, x1, idx) == pytest.approx(brute, rel=1e-6)
+        assert _cost(x0, x1, idx) <= _cost(x0, x1, torch.arange(5)) + 1e-9
+    x0p, x1p = flow.ot_pair(x0, x1)
+    assert torch.equal(x0p, x0[idx]) and torch.equal(x1p, x1)
+
+
+def test_exact_ot_in_one_dimension_is_the_sorted_matching():
+    """Closed form: in 1-D the squared-cost OT plan is the monotone rearrangement."""
+    g = _gen(1)
+    x0, x1 = torch.randn(64, 1, generator=g), 3 + 0.5 * torch.randn(64, 1, generator=g)
+    idx = flow.ot_pair_indices(x0, x1)
+    expected = torch.empty(64, dtype=torch.long)
+    expected[x1[:, 0].argsort()] = x0[:, 0].argsort()  # k-th smallest source → k-th smallest target
+    assert torch.equal(idx, expected)
+
+
+def test_group_restricted_pairing_never_crosses_groups_and_is_optimal_within():
+    g = _gen(2)
+    groups = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 3, 1])
+    a, b = torch.randn(10, 3, generator=g), torch.randn(10, 3, generator=g)
+    for kw in ({"condition_groups": groups}, {"groups": groups}, {"condition_groups": groups, "method": "sinkhorn"}):
+        idx = flow.ot_pair_indices(a, b, **kw, generator=_gen(0))
+        assert torch.equal(groups[idx], groups)
+    idx = flow.ot_pair_indices(a, b, groups)
+    assert idx[8] == 8  # a group of one keeps its pair
+    for gid in groups.unique():
+        m = torch.nonzero(groups == gid).flatten()
+        torch.testing.assert_close(m[flow.ot_pair_indices(a[m], b[m])], idx[m])  # = OT within the group
+    with pytest.raises(TypeError, match="not both"):
+        flow.ot_pair_indices(a, b, groups, groups=groups)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        flow.ot_pair_indices(a, b, groups[:5])
+    with pytest.raises(ValueError, match="method"):
+        flow.ot_pair_indices(a, b, method="greedy")
+
+
+def test_sinkhorn_pairing_approaches_exact_cost():
+    pytest.importorskip("ot")
+    g = _gen(3)
+    x0, x1 = torch.randn(64, 4, generator=g), 1 + torch.randn(64, 4, generator=g)
+    exact = _cost(x0, x1, flow.ot_pair_indices(x0, x1))
+    ident = _cost(x0, x1, torch.arange(64))
+    idx = flow.ot_pair_indices(x0, x1, method="sinkhorn", reg=0.01, generator=_gen(0))
+    assert idx.min() >= 0 and idx.max() < 64
+    assert exact <= _cost(x0, x1, idx) < exact + 0.2 * (ident - exact)
+    assert torch.equal(idx, flow.ot_pair_indices(x0, x1, method="sinkhorn", reg=0.01, generator=_gen(0)))
+
+
+# ------------------------------------------------------------------ samplers
+MU, S = torch.tensor([2.0, -1.0, 0.5]), 0.5
+
+
+@pytest.mark.parametrize("method,steps,tol", [("euler", 200, 0.02), ("heun", 50, 1e-3), ("dopri5", None, 1e-3)])
 def test_samplers_transport_gaussian_to_gaussian(method, steps, tol):
-    mu, s = torch.tensor([2.0, -1.0, 0.5]), 0.5
-    x0 = flow.seeded_noise((20000, 3), seed=0)
-    x1 = flow.sample_ode(_gaussian_velocity(mu, s), x0, method=method, n_steps=steps or 1)
-    assert torch.allclose(x1.mean(0), mu, atol=tol)
-    assert torch.allclose(x1.var(0), torch.full((3,), s**2), atol=tol)
+    x0 = flow.seeded_noise((8000, 3), seed=0)
+    x1 = flow.sample_ode(_gaussian_velocity(MU, S), x0, method=method, n_steps=steps or 50)
+    assert (x1 - (MU + S * x0)).abs().max() < tol  # the exact map, cell by cell
+    torch.testing.assert_close(x1.mean(0), MU, atol=0.03, rtol=0)
+    torch.testing.assert_close(x1.var(0), torch.full((3,), S**2), atol=0.02, rtol=0)
 
 
-def test_heun_beats_euler_at_equal_steps():
-    mu, s = torch.tensor([2.0]), 0.3
+def test_trajectories_follow_the_exact_path():
+    x0 = flow.seeded_noise((1000, 3), seed=1)
+    f = _gaussian_velocity(MU, S)
+    for method, tol in (("heun", 0.02), ("dopri5", 1e-3), ("euler", 0.4)):
+        traj = flow.sample_ode(f, x0, method=method, n_steps=10, return_trajectory=True)
+        assert traj.shape == (11, 1000, 3) and torch.equal(traj[0], x0)
+        ts = torch.linspace(0, 1, 11)[:, None, None]
+        assert (traj - _exact_path(x0, ts, MU, S)).abs().max() < tol, method
+
+
+def test_heun_beats_euler_and_both_converge_at_their_order():
     x0 = flow.seeded_noise((2000, 1), seed=1)
-    f = _gaussian_velocity(mu, s)
-    exact = flow.sample_ode(f, x0, method="dopri5", rtol=1e-7, atol=1e-7)
-    e_err = (flow.sample_ode(f, x0, method="euler", n_steps=10) - exact).abs().mean()
-    h_err = (flow.sample_ode(f, x0, method="heun", n_steps=10) - exact).abs().mean()
-    assert h_err < 0.2 * e_err
+    mu, s = torch.tensor([2.0]), 0.3
+    f, exact = _gaussian_velocity(mu, s), mu + s * x0
+
+    def err(method, n):
+        return (flow.sample_ode(f, x0, method=method, n_steps=n) - exact).abs().max().item()
+    e10, e20, h10, h20, h5 = err("euler", 10), err("euler", 20), err("heun", 10), err("heun", 20), err("heun", 5)
+    assert h10 < 0.2 * e10  # equal steps
+    assert h5 < e10  # equal evaluations (10 each)
+    assert 1.6 < e10 / e20 < 2.5  # first order
+    assert 3.0 < h10 / h20 < 5.0  # second order
 
 
-def test_dopri5_counts_evaluations_and_backward_integration_inverts():
-    mu, s = torch.tensor([1.0, 2.0]), 0.7
-    f = _gaussian_velocity(mu, s)
+def test_backward_integration_inverts_and_nfe_is_counted():
+    f = _gaussian_velocity(torch.tensor([1.0, 2.0]), 0.7)
     x0 = flow.seeded_noise((100, 2), seed=2)
-    x1, nfe = flow.dopri5(f, x0, return_nfe=True)
-    assert nfe > 6
+    calls = []
+
+    def counted(x, t):
+        calls.append(1)
+        assert t.shape == (100,) and t.dtype == x.dtype
+        return f(x, t)
+    x1, nfe = flow.dopri5(counted, x0, return_nfe=True)
+    assert nfe == len(calls) > 6
     back = flow.sample_ode(f, x1, method="dopri5", t0=1.0, t1=0.0)
     torch.testing.assert_close(back, x0, atol=1e-3, rtol=1e-3)
+    back = flow.sample_ode(f, x1, method="heun", n_steps=50, t0=1.0, t1=0.0)
+    torch.testing.assert_close(back, x0, atol=1e-3, rtol=1e-3)
+    assert flow.sample_ode(f, x0, method="euler", n_steps=7, return_nfe=True)[1] == 7
+    assert flow.sample_ode(f, x0, method="heun", n_steps=7, return_nfe=True)[1] == 14
+    tight = flow.sample_ode(f, x0, method="dopri5", rtol=1e-8, atol=1e-8, return_nfe=True)[1]
+    assert tight > nfe  # tighter tolerance, more evaluations
 
 
-def test_seeded_sampling_is_bitwise_reproducible():
-    f = _gaussian_velocity(torch.tensor([1.0]), 0.5)
-    a = flow.sample_ode(f, flow.seeded_noise((50, 1), seed=3), method="heun", n_steps=8)
-    b = flow.sample_ode(f, flow.seeded_noise((50, 1), seed=3), method="heun", n_steps=8)
-    c = flow.sample_ode(f, flow.seeded_noise((50, 1), seed=4), method="heun", n_steps=8)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+def test_count_nfe_context_tallies_every_solve_and_nests():
+    f = _gaussian_velocity(MU, S)
+    x0 = flow.seeded_noise((10, 3), seed=0)
+    with flow.count_nfe() as outer:
+        flow.sample_ode(f, x0, method="euler", n_steps=4)
+        with flow.count_nfe() as inner:
+            _, nfe = flow.sample_ode(f, x0, method="dopri5", return_nfe=True)
+    assert (inner.nfe, inner.solves, inner.cells) == (nfe, 1, 10)
+    assert (outer.nfe, outer.solves, outer.cells) == (4 + nfe, 2, 20) and outer.nfe_per_solve == (4 + nfe) / 2
+    flow.sample_ode(f, x0, n_steps=3)  # outside any block: nothing recorded
+    assert outer.nfe == 4 + nfe
 
 
+def test_dopri5_gives_up_on_a_stiff_field():
+    with pytest.raises(RuntimeError, match="max_steps"):
+        flow.dopri5(lambda x, t: -1e7 * x, torch.ones(2, 2), max_steps=20)
+
+
+def test_samplers_are_deterministic_gradient_free_and_validate():
+    net = torch.nn.Linear(3, 3)
+
+    def f(x, t):
+        return net(x) + t[:, None]
+    for method in ("euler", "heun", "dopri5"):
+        a = flow.sample_ode(f, flow.seeded_noise((50, 3), seed=3), method=method, n_steps=8)
+        b = flow.sample_ode(f, flow.seeded_noise((50, 3), seed=3), method=method, n_steps=8)
+        c = flow.sample_ode(f, flow.seeded_noise((50, 3), seed=4), method=method, n_steps=8)
+        assert torch.equal(a, b) and not torch.equal(a, c)
+        assert not a.requires_grad  # @torch.no_grad(): no graph kept across steps
+    with pytest.raises(ValueError, match="method"):
+        flow.sample_ode(f, a, method="rk4")
+    with pytest.raises(ValueError, match="n_steps"):
+        flow.sample_ode(f, a, n_steps=0)
+
+
+def test_progress_bars_run(capsys):
+    f = _gaussian_velocity(MU, S)
+    x0 = flow.seeded_noise((4, 3), seed=0)
+    for method in ("euler", "heun", "dopri5"):
+        quiet = flow.sample_ode(f, x0, method=method, n_steps=3)
+        assert torch.equal(flow.sample_ode(f, x0, method=method, n_steps=3, progress=True), quiet)
+
+
+# ------------------------------------------------------------------ guidance
 def test_cfg_weights():
     vc, vu = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0])
     torch.testing.assert_close(flow.cfg_velocity(vc, vu, 0.0), vu)
     torch.testing.assert_close(flow.cfg_velocity(vc, vu, 1.0), vc)
     torch.testing.assert_close(flow.cfg_velocity(vc, vu, 2.0), torch.tensor([2.0, 3.0]))
-    f = flow.guided(lambda x, t: x + 1, lambda x, t: x, 3.0)
-    torch.testing.assert_close(f(torch.zeros(2), torch.zeros(2)), torch.full((2,), 3.0))
+    torch.testing.assert_close(flow.cfg_velocity(vc, vu, 0.5), (vc + vu) / 2)
+
+
+def test_guided_callable():
+    def fc(x, t):
+        return x + 1
+
+    def fu(x, t):
+        return x
+    assert flow.guided(fc, fu, 1.0) is fc and flow.guided(fc, fu, 0.0) is fu  # one evaluation, not two
+    x, t = torch.zeros(2, 3), torch.zeros(2)
+    torch.testing.assert_close(flow.guided(fc, fu, 3.0)(x, t), torch.full((2, 3), 3.0))
+    # guiding two Gaussian fields with w = 1 / 0 reproduces each target exactly
+    a, b = _gaussian_velocity(torch.tensor([2.0]), 0.5), _gaussian_velocity(torch.tensor([-1.0]), 0.5)
+    x0 = flow.seeded_noise((100, 1), seed=0)
+    for w, mu in ((1.0, 2.0), (0.0, -1.0)):
+        out = flow.sample_ode(flow.guided(a, b, w), x0, method="heun", n_steps=20)
+        assert (out - (mu + 0.5 * x0)).abs().max() < 1e-2
+
+
+def test_flow_is_pure_torch():
+    import ast
+    import pathlib
+    root = pathlib.Path(flow.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                assert name.split(".")[0] not in {"anndata", "scanpy", "grndiff", "pandas"}, (path.name, name)
