@@ -1,0 +1,518 @@
+#!/usr/bin/env python
+"""Generation benchmark and tokenization ablation (issue 6): which tokenization of expression works?
+
+One run trains every generator on the training cells of a data set (80/20 split stratified by
+group, :func:`grndiff.data.split_indices`), generates per group as many cells as are held out,
+and scores them against the held-out real cells with :func:`grndiff.metrics.evaluate`.
+
+Data sets
+---------
+``kang2018``        1,556 PBMCs × 1,267 genes; groups = cell_type × condition (ctrl/stim).
+``kang2018_ctrl``   8,684 control PBMCs × 2,511 genes (Ensembl var_names, symbols in
+                    ``var["feature"]``); groups = cell_type × donor.
+
+Methods (rows)
+--------------
+``real_vs_real``       training cells vs held-out cells: the resolution of each metric
+``gaussian``           per-group Gaussian in the 30-PC space of the training cells, decoded to genes,
+                       NOT clipped at 0 (``GaussianPCA(clip=False)``; the issue's reference 0.12)
+``scvi``               scVI (scvi-tools), the conditions as categorical covariates; cells drawn from the
+                       prior z ~ N(0, I) with a library size drawn from the group's training cells,
+                       decoded to negative-binomial counts, then CP10k + log1p
+``mlp``                ``backbone="mlp"`` (hidden 512, depth 3) on the whole gene vector
+``pca_flow``           the same MLP flow (``grndiff.nn.MLPVelocity`` + ``grndiff.flow``, same optimiser,
+                       schedule and EMA) on the 50 standardised PC scores of the training cells, decoded
+                       with the PCA (not clipped)
+``gene_tokens``        every gene a token, full attention (memory O(B·H·G²)); smaller batch
+``modules_only``       Hallmark tokens, no gene graph
+``grndiff``            CollecTRI graph + Hallmark tokens (+ global cell token), the default model
+``grndiff_nomodules``  CollecTRI graph only
+``grndiff_learned``    CollecTRI graph + 32 learned soft modules instead of Hallmark
+``grndiff_nocell``     ``grndiff`` without the global cell token (``cell_token=False``)
+``grndiff_shuffled``   degree-preserving shuffle of CollecTRI (``priors.shuffle_edges``) + Hallmark
+``grndiff_random``     uniform random graph with as many edges (``priors.random_graph``) + Hallmark
+
+Both null graphs are built from CollecTRI restricted to edges whose two ends are measured genes,
+and the random graph is drawn over the measured genes, so every graph has the same number of
+edges inside the data set.
+
+Metrics
+-------
+Per group and ``group="all"`` (unweighted mean over groups): ``energy_distance``, ``mmd_rbf``,
+``w2`` (= ``wasserstein2``), ``classifier_auc`` (30-PC space of ALL real cells of the data set,
+log1p-normalised; generated cells projected), ``mean_pearson``, ``var_pearson``,
+``zero_frac_error``, ``marker_overlap``, ``tf_target_corr`` (CollecTRI pairs, per group: noisy
+with ~30 cells per group). ``tf_target_corr_pooled`` (group ``"all"`` only) is the same TF–target
+correlation agreement computed once over all held-out vs all generated cells (``groupby=None``).
+``train_seconds`` (group ``"all"``) is the wall time of training.
+
+    python benchmarks/generation.py                    # full run → benchmarks/results/generation.{json,md}
+    python benchmarks/generation.py --quick --out DIR  # CI: krumsiek-sized budgets, < 2 min
+    python benchmarks/generation.py --datasets kang2018 --methods grndiff,mlp --steps 600 --out DIR  # pilot
+
+Results are rewritten after every (data set, method, seed), so an interrupted run keeps what it
+finished. ``--merge A.json B.json`` combines the records of partial runs into one result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+if str(BENCH_DIR.parent) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(1, str(BENCH_DIR.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from _results import RESULTS_DIR, command_string, record, records_to_markdown, validate_records, write_results  # noqa: E402
+
+NAME = "generation"
+CHEAP = ("real_vs_real", "gaussian", "mlp", "pca_flow")
+METHODS = ("real_vs_real", "gaussian", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
+           "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random")
+RENAME = {"wasserstein2": "w2"}
+METRIC_ORDER = ("energy_distance", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
+                "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled", "train_seconds")
+DATASETS = {
+    "kang2018": dict(loader="kang2018", conditions=["cell_type", "condition"], symbol_key=None),
+    "kang2018_ctrl": dict(loader="kang2018_ctrl", conditions=["cell_type", "donor"], symbol_key="feature"),
+}
+
+
+# ============================================================================ data
+def load_dataset(name: str, seed: int):
+    """Counts AnnData, log1p-normalised copy of all cells, train/test indices, condition keys."""
+    from grndiff import datasets
+    from grndiff.data import log1p_normalized_copy, split_indices
+
+    spec = DATASETS[name]
+    adata = getattr(datasets, spec["loader"])()
+    keys = spec["conditions"]
+    for k in keys:
+        adata.obs[k] = adata.obs[k].astype(str).astype("category")
+    adata.obs["group"] = adata.obs[keys].astype(str).agg(" | ".join, axis=1).astype("category")
+    train_idx, test_idx = split_indices(adata.obs, val_fraction=0.2, seed=seed, stratify_key="group")
+    real_all = log1p_normalized_copy(adata, layer="counts")
+    return adata, real_all, np.asarray(train_idx), np.asarray(test_idx), keys, spec["symbol_key"]
+
+
+def symbol_prior(adata, symbol_key, prior: pd.DataFrame) -> pd.DataFrame:
+    """CollecTRI with only the edges whose two ends are measured (by symbol), no self-loops."""
+    symbols = set(adata.var[symbol_key].astype(str)) if symbol_key else set(adata.var_names.astype(str))
+    keep = prior["source"].isin(symbols) & prior["target"].isin(symbols) & (prior["source"] != prior["target"])
+    return prior.loc[keep].reset_index(drop=True)
+
+
+def prior_in_var_names(adata, symbol_key, prior: pd.DataFrame) -> pd.DataFrame:
+    """The TF–target table in ``var_names`` (Ensembl for kang2018_ctrl) for ``tf_target_corr``."""
+    if not symbol_key:
+        return prior
+    first = pd.Series(adata.var_names.astype(str), index=adata.var[symbol_key].astype(str))
+    first = first[~first.index.duplicated()]
+    out = prior.assign(source=prior["source"].map(first), target=prior["target"].map(first))
+    return out.dropna(subset=["source", "target"]).reset_index(drop=True)
+
+
+def _dense(X):
+    return X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+
+
+def _generated_anndata(X, labels, var, keys):
+    import anndata as ad
+
+    obs = pd.DataFrame({"group": np.asarray(labels, dtype=str)})
+    parts = obs["group"].str.split(" | ", regex=False)
+    for i, k in enumerate(keys):
+        obs[k] = parts.str[i]
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(np.asarray(X, dtype=np.float32), obs=obs, var=var[[]].copy())
+
+
+# ============================================================================ generators
+def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick):
+    """Build and train one GRNDiff variant; returns the model."""
+    from grndiff import GRNDiff, priors
+
+    small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
+    base = dict(lr=lr, ema_decay=ema_decay)
+    kw = {
+        "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
+        "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
+        "modules_only": dict(prior=None, modules="hallmark", backbone="modules_only", **small),
+        "grndiff": dict(prior=prior_sym, modules="hallmark", **small),
+        "grndiff_nomodules": dict(prior=prior_sym, modules=None, **small),
+        "grndiff_learned": dict(prior=prior_sym, modules=None, n_learned_modules=32, **small),
+        "grndiff_nocell": dict(prior=prior_sym, modules="hallmark", cell_token=False, **small),
+        "grndiff_shuffled": dict(prior=priors.shuffle_edges(prior_sym, seed=seed), modules="hallmark", **small),
+        "grndiff_random": dict(prior=priors.random_graph(prior_sym, seed=seed, genes=sorted(
+            set(prior_sym["source"]) | set(prior_sym["target"]) | _measured_symbols(train))),
+            modules="hallmark", **small),
+    }[method]
+    model = GRNDiff(train, **base, **kw)
+    model.train(max_steps=steps, max_epochs=10_000, batch_size=batch_size, val_fraction=0.0, seed=seed,
+                progress_bar=False)
+    return model
+
+
+def _measured_symbols(adata) -> set:
+    key = adata.uns["_grndiff"].get("symbol_key")
+    return set(adata.var[key].astype(str)) if key else set(adata.var_names.astype(str))
+
+
+def _train_pca_flow(Xtrain, labels_df, *, n_pcs, steps, seed, batch_size, lr, ema_decay, hidden, depth):
+    """MLP rectified flow on standardised PC scores; returns a sampler ``f(cond_df, seed) -> (B, G)``."""
+    import torch
+
+    from grndiff import flow
+    from grndiff.metrics import fit_pca
+    from grndiff.nn import MLPVelocity
+    from grndiff.train.ema import EMA
+
+    torch.manual_seed(seed)
+    pca = fit_pca(Xtrain, n=n_pcs, seed=seed)
+    Z = pca.transform(Xtrain)  # (B, K)
+    mu, sd = Z.mean(0), Z.std(0) + 1e-6
+    Zs = torch.as_tensor((Z - mu) / sd, dtype=torch.float32)  # (B, K)
+    cats = {k: pd.Categorical(labels_df[k].astype(str)).categories for k in labels_df.columns}
+    specs = [{"name": k, "kind": "categorical", "n_categories": len(c)} for k, c in cats.items()]
+
+    def encode(df):  # 0 = null token, 1..K = categories (as grndiff.data)
+        return {k: torch.as_tensor(pd.Categorical(df[k].astype(str), categories=c).codes + 1, dtype=torch.long)
+                for k, c in cats.items()}
+
+    cond_all = encode(labels_df)
+    net = MLPVelocity(Zs.shape[1], specs, hidden=hidden, depth=depth)
+    ema = EMA(net, ema_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    warm = min(100, max(steps // 10, 1))  # the FlowModule schedule: linear warm-up, cosine to 5 %
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                              0.05 + 0.475 * (1 + math.cos(math.pi * min((s - warm) / max(steps - warm, 1), 1))))
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, Zs.shape[0], (batch_size,), generator=gen)
+        x1 = Zs[idx]
+        x0 = torch.randn(x1.shape, generator=gen)
+        t = flow.sample_time(batch_size, schedule="logit_normal", generator=gen)
+        v = net(flow.interpolate(x0, x1, t), t, {k: c[idx] for k, c in cond_all.items()})
+        loss = flow.flow_loss(v, flow.target_velocity(x0, x1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update(net)
+    shadow = ema.shadow.eval()
+
+    def sample(cond_df, sample_seed, n_steps):
+        c = encode(cond_df)
+        x0 = flow.seeded_noise((len(cond_df), Zs.shape[1]), sample_seed)
+        with torch.no_grad():
+            z = flow.sample_ode(lambda x, t: shadow(x, t, c), x0, method="euler", n_steps=n_steps).numpy()
+        return (z * sd + mu) @ pca.components + pca.mean  # (B, G), not clipped
+    return sample
+
+
+def _scvi_generate(train, keys, counts_per_group, *, seed, max_epochs, symbol_key):
+    """Train scVI on the training counts and decode cells drawn from the prior, per group."""
+    import scvi
+    import torch
+
+    from grndiff.data import log1p_normalized_copy
+
+    scvi.settings.seed = seed
+    a = train.copy()
+    a.obs = a.obs[keys + ["group"]].copy()
+    scvi.model.SCVI.setup_anndata(a, layer="counts", categorical_covariate_keys=list(keys))
+    model = scvi.model.SCVI(a, n_latent=10)
+    t0 = time.time()
+    model.train(max_epochs=max_epochs, batch_size=128, accelerator="cpu", enable_progress_bar=False,
+                train_size=1.0, early_stopping=False)
+    train_s = time.time() - t0
+    mappings = model.adata_manager.get_state_registry("extra_categorical_covs").mappings
+    lib = np.log(np.asarray(train.layers["counts"].sum(1)).ravel())
+    rng = np.random.default_rng(seed)
+    groups = train.obs["group"].astype(str).to_numpy()
+    Xs, labels = [], []
+    module = model.module.eval()
+    for g, n in counts_per_group.items():
+        parts = g.split(" | ")
+        cat = np.stack([np.full(n, list(mappings[k]).index(parts[i])) for i, k in enumerate(keys)], 1)
+        l = rng.choice(lib[groups == g], size=n)
+        with torch.no_grad():
+            z = torch.as_tensor(rng.standard_normal((n, module.n_latent)), dtype=torch.float32)
+            out = module.generative(z=z, library=torch.as_tensor(l[:, None], dtype=torch.float32),
+                                    batch_index=torch.zeros(n, 1, dtype=torch.long),
+                                    cat_covs=torch.as_tensor(cat, dtype=torch.long))
+            torch.manual_seed(int(rng.integers(2**31)))
+            Xs.append(out["px"].sample().numpy())
+        labels += [g] * n
+    import anndata as ad
+    raw = ad.AnnData(np.concatenate(Xs).astype(np.float32), var=train.var[[]].copy())
+    raw.layers["counts"] = raw.X.copy()
+    X = _dense(log1p_normalized_copy(raw, layer="counts", kind="counts").X)
+    return X, labels, train_s
+
+
+# ============================================================================ evaluation
+def score(real_test, gen, real_all, prior_var, ds, method, seed, train_seconds=None):
+    from grndiff import metrics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = metrics.evaluate(real_test, gen, groupby="group", pca_reference=real_all, prior=prior_var, seed=seed)
+        pooled = metrics.evaluate(real_test, gen, groupby=None, pca_reference=real_all, prior=prior_var,
+                                  metrics=["tf_target_corr"], seed=seed)
+    recs = [record(ds, method, RENAME.get(r.metric, r.metric), r.value, seed, r.group) for r in rep.itertuples()]
+    recs.append(record(ds, method, "tf_target_corr_pooled", pooled["value"].iloc[0], seed, "all"))
+    if train_seconds is not None:
+        recs.append(record(ds, method, "train_seconds", train_seconds, seed, "all"))
+    return recs
+
+
+def run_one(ds, method, seed, data, cfg, log):
+    """Train/sample/score one (data set, method, seed); returns records and a model description."""
+    adata, real_all, train_idx, test_idx, keys, symbol_key, prior_sym, prior_var = data
+    from grndiff import GRNDiff
+
+    real_test = real_all[test_idx].copy()
+    real_train = real_all[train_idx].copy()
+    counts = real_test.obs["group"].astype(str).value_counts()
+    counts = {g: int(n) for g, n in counts.items()}
+    cond_df = pd.DataFrame([g.split(" | ") for g, n in counts.items() for _ in range(n)], columns=keys)
+    labels = [g for g, n in counts.items() for _ in range(n)]
+    desc = ""
+    if method == "real_vs_real":
+        return score(real_test, real_train, real_all, prior_var, ds, method, seed), "training cells"
+    if method == "gaussian":
+        from grndiff.baselines import GaussianPCA
+
+        t0 = time.time()
+        g = GaussianPCA(n_comps=30, seed=seed, clip=False).fit(_dense(real_train.X),
+                                                               real_train.obs["group"].astype(str).to_numpy())
+        Xg, lab = g.sample(counts, seed=seed)
+        gen = _generated_anndata(Xg, lab, real_test.var, keys)
+        return score(real_test, gen, real_all, prior_var, ds, method, seed, time.time() - t0), "GaussianPCA(30, clip=False)"
+    if method == "scvi":
+        train = adata[train_idx].copy()
+        X, lab, ts = _scvi_generate(train, keys, counts, seed=seed, max_epochs=cfg["scvi_epochs"], symbol_key=symbol_key)
+        gen = _generated_anndata(X, lab, real_test.var, keys)
+        return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), f"SCVI(n_latent=10), {cfg['scvi_epochs']} epochs"
+    if method == "pca_flow":
+        t0 = time.time()
+        sampler = _train_pca_flow(_dense(real_train.X), real_train.obs[keys], n_pcs=min(50, cfg["n_pcs_flow"]),
+                                  steps=cfg["steps"], seed=seed, batch_size=cfg["batch_size"], lr=cfg["lr"],
+                                  ema_decay=cfg["ema_decay"], hidden=cfg["mlp_hidden"], depth=3)
+        ts = time.time() - t0
+        Xg = sampler(cond_df, seed, cfg["n_steps"])
+        gen = _generated_anndata(Xg, labels, real_test.var, keys)
+        return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), f"MLPVelocity on {cfg['n_pcs_flow']} PCs"
+    # GRNDiff backbones
+    train = adata[train_idx].copy()
+    GRNDiff.setup_anndata(train, layer="counts", condition_keys=keys, symbol_key=symbol_key)
+    bs = cfg["gene_tokens_batch"] if method == "gene_tokens" else cfg["batch_size"]
+    t0 = time.time()
+    model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
+                           ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"])
+    ts = time.time() - t0
+    desc = f"{model!r}, batch {bs}"
+    log(f"  {desc}; trained in {ts:.0f} s")
+    gen = model.sample(len(cond_df), cond_df, n_steps=cfg["n_steps"], method="euler", seed=seed)
+    gen.obs["group"] = labels
+    gen.obs.index = gen.obs.index.astype(str)
+    return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), desc
+
+
+# ============================================================================ output
+def summary_markdown(records) -> str:
+    """Group-"all" rows, mean over seeds (``(n=k)`` when k > 1), metrics in a fixed order."""
+    rows = [dict(r, seed=0) for r in records if r["group"] == "all"]
+    rows.sort(key=lambda r: METRIC_ORDER.index(r["metric"]) if r["metric"] in METRIC_ORDER else 99)
+    order = {m: i for i, m in enumerate(METHODS)}
+    ds_order = {d: i for i, d in enumerate(DATASETS)}
+    rows.sort(key=lambda r: (ds_order.get(r["dataset"], 9), order.get(r["method"], 99)))
+    return records_to_markdown(rows) if rows else "(no results yet)\n"
+
+
+def write(records, command, extra, out_dir):
+    """JSON with every record (per group and seed); Markdown with the seed-averaged ``all`` rows."""
+    json_path, md_path = write_results(NAME, records, command, extra=extra, out_dir=out_dir)
+    obj = json.loads(json_path.read_text())
+    head = [f"# Benchmark: {NAME}", "", f"- command: `{obj['command']}`", f"- commit: `{obj['commit']}`",
+            f"- machine: {obj['machine']}"]
+    for k, v in extra.items():
+        if k not in ("notes", "models"):
+            head.append(f"- {k}: {v if isinstance(v, (str, int, float)) else json.dumps(v)}")
+    body = ["\n".join(head), "Group `all` = unweighted mean over groups; cells show the mean over seeds, `(n=k)` = "
+            "number of seeds (each seed is its own 80/20 split, model initialisation and sampling noise). "
+            "Per-group and per-seed values are in the JSON.", summary_markdown(records).rstrip()]
+    seed0 = [r for r in records if r["seed"] == 0]
+    if seed0 and len({r["seed"] for r in records}) > 1:
+        body += ["## Seed 0 only (every method on the same split)", summary_markdown(seed0).rstrip()]
+    notes = extra.get("notes")
+    if notes:
+        body.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
+    md_path.write_text("\n\n".join(body) + "\n")
+    return json_path, md_path
+
+
+def merge(paths, out_dir, command):
+    records, extra = [], {}
+    for p in paths:
+        obj = json.loads(Path(p).read_text())
+        records += obj["records"]
+        for k, v in obj.items():
+            if k in ("command", "commit", "machine", "records"):
+                continue
+            if isinstance(v, list) and isinstance(extra.get(k), list):
+                extra[k] = extra[k] + [x for x in v if x not in extra[k]]
+            elif isinstance(v, dict) and isinstance(extra.get(k), dict):
+                extra[k] = {**extra[k], **v}
+            else:
+                extra.setdefault(k, v)
+        extra.setdefault("commands", []).append(obj["command"])
+    seen, unique = set(), []  # a (data set, method, seed) run twice: keep the first file's
+    for r in records:
+        key = (r["dataset"], r["method"], r["seed"], r["group"], r["metric"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return write(validate_records(unique), command, extra, out_dir)
+
+
+# ============================================================================ main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny budgets for CI (< 2 min, kang2018 only)")
+    p.add_argument("--datasets", default="kang2018,kang2018_ctrl")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the cheap rows " + str(CHEAP))
+    p.add_argument("--deep-seeds", type=int, default=1, help="seeds of every other row")
+    p.add_argument("--steps", type=int, default=1000, help="training steps of every deep model")
+    p.add_argument("--steps-ctrl", type=int, default=None, help="steps on kang2018_ctrl (default --steps)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--gene-tokens-batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--n-steps", type=int, default=30, help="Euler steps of the sampler")
+    p.add_argument("--scvi-epochs", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--merge", nargs="+", default=None, help="combine partial result JSONs into --out")
+    args = p.parse_args(argv)
+
+    command = command_string()
+    out_dir = Path(args.out) if args.out else RESULTS_DIR
+    if args.merge:
+        for path in merge(args.merge, out_dir, command):
+            print(f"wrote {path}")
+        return 0
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    from grndiff import priors
+
+    datasets = [d for d in args.datasets.split(",") if d]
+    methods = [m for m in args.methods.split(",") if m]
+    bad = (set(datasets) - set(DATASETS)) | (set(methods) - set(METHODS))
+    if bad:
+        raise SystemExit(f"unknown data set(s)/method(s) {sorted(bad)}; choose from {list(DATASETS)} and {list(METHODS)}")
+    if args.quick:
+        datasets = ["kang2018"]
+        args.steps, args.steps_ctrl, args.seeds, args.deep_seeds = 30, 30, 1, 1
+        args.n_steps, args.scvi_epochs = 5, 5
+        if args.methods == ",".join(METHODS):
+            methods = ["real_vs_real", "gaussian", "mlp", "pca_flow", "grndiff"]
+
+    try:
+        import scvi  # noqa: F401
+        have_scvi = True
+    except ImportError:
+        have_scvi = False
+    t_start = time.time()
+    records, models = [], {}
+    notes = [
+        "Training: every deep model gets the same number of optimiser steps (AdamW, lr warm-up + cosine "
+        "to 5 %, EMA of the weights for sampling); gene_tokens uses a smaller batch (G² attention memory).",
+        "gaussian: per-group Gaussian in 30 PCs of the training cells, decoded WITHOUT clipping at 0 "
+        "(GaussianPCA(clip=False)); clipping costs ≈ 0.06 energy distance on kang2018.",
+        "tf_target_corr: per group (mean over groups in `all`; noisy with ~30 cells per group); "
+        "tf_target_corr_pooled: one correlation agreement over all held-out vs all generated cells.",
+        f"Sampling: Euler, {args.n_steps} steps, guidance 1; as many cells per group as held out.",
+        f"Threads: torch.set_num_threads({args.threads}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
+        "the CPU was shared with other jobs, so train_seconds are upper bounds.",
+    ]
+    if "scvi" in methods and not have_scvi:
+        notes.append("scvi: scvi-tools is not installed (optional `bench` extra): row skipped.")
+    config = {"steps": args.steps, "steps_ctrl": args.steps_ctrl or args.steps, "batch_size": args.batch_size,
+              "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
+              "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds,
+              "seeds_deep": args.deep_seeds, "quick": args.quick}
+
+    def log(msg):
+        print(f"[generation {time.time() - t_start:6.0f}s] {msg}", flush=True)
+
+    def flush():
+        extra = {"config": config, "wall_seconds": round(time.time() - t_start), "notes": notes, "models": models}
+        if args.out is None and args.quick:
+            return
+        write(records, command, extra, out_dir)
+
+    collectri = priors.load("collectri")
+    for ds in datasets:
+        cfg = dict(config, steps=(args.steps_ctrl or args.steps) if ds == "kang2018_ctrl" else args.steps,
+                   mlp_hidden=128 if args.quick else 512, n_pcs_flow=50, quick=args.quick)
+        n_seeds = max(args.seeds, args.deep_seeds)
+        for seed in range(n_seeds):
+            data = None
+            for method in methods:
+                if seed >= (args.seeds if method in CHEAP else args.deep_seeds):
+                    continue
+                if method == "scvi" and not have_scvi:
+                    continue
+                if data is None:
+                    adata, real_all, tr, te, keys, sym = load_dataset(ds, seed)
+                    prior_sym = symbol_prior(adata, sym, collectri)
+                    data = (adata, real_all, tr, te, keys, sym, prior_sym, prior_in_var_names(adata, sym, prior_sym))
+                    log(f"{ds} seed {seed}: {adata.n_obs} cells × {adata.n_vars} genes, train {len(tr)}, "
+                        f"held-out {len(te)}, {adata.obs['group'].nunique()} groups, "
+                        f"{len(prior_sym)} CollecTRI edges among measured genes")
+                log(f"{ds} / {method} / seed {seed} ...")
+                try:
+                    recs, desc = run_one(ds, method, seed, data, cfg, log)
+                except Exception as e:  # one failing row must not lose the others
+                    notes.append(f"{ds} / {method} / seed {seed} failed: {type(e).__name__}: {e}"[:400])
+                    log(f"  FAILED: {type(e).__name__}: {e}")
+                    flush()
+                    continue
+                records.extend(recs)
+                models[f"{ds}/{method}"] = desc
+                got = {r["metric"]: r["value"] for r in recs if r["group"] == "all"}
+                log(f"  energy {got.get('energy_distance', float('nan')):.3f}  mmd {got.get('mmd_rbf', float('nan')):.4f}  "
+                    f"auc {got.get('classifier_auc', float('nan')):.3f}  train {got.get('train_seconds') or 0:.0f} s")
+                flush()
+    print(summary_markdown(records))
+    if args.out or not args.quick:
+        print(f"wrote {out_dir / (NAME + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
