@@ -6,6 +6,7 @@ import torch
 
 from grndiff.nn import (ConditionEmbedder, GRNTransformer, GraphAttention, GraphDiTBlock, MLPVelocity,
                         ModulePooling, TokenBlock, gene_token_transformer, modules_only)
+from grndiff.nn.graph_attention import BlockGraph
 
 G, D, H = 12, 16, 4
 
@@ -190,3 +191,47 @@ def test_module_pooling_means_and_unpool_zero_at_init():
     x = torch.tensor([[1.0, 3.0, 5.0, 7.0]])
     torch.testing.assert_close(pool.pool_values(x), torch.tensor([[2.0, 5.0]]))
     assert torch.count_nonzero(pool.unpool(torch.randn(1, 2, D))) == 0
+
+
+def test_block_graph_tiles_the_graph_and_its_transpose():
+    ei, _, _ = _graph()
+    layer = GraphAttention(D, H, G, ei, mode="dynamic")
+    n_blocks = 3
+    bg = BlockGraph(layer.src, layer.dst, G, n_blocks)
+    vals = torch.randn(n_blocks, layer.n_edges)  # (n_blocks, E) in the layer's edge order
+    blocks = []
+    for b in range(n_blocks):
+        a = torch.zeros(G, G)
+        a[layer.dst, layer.src] = vals[b]
+        blocks.append(a)
+    dense = torch.block_diag(*blocks)
+    n = n_blocks * G
+    A = torch.sparse_csr_tensor(bg.crow, bg.col, vals.reshape(-1), (n, n), check_invariants=True)
+    At = torch.sparse_csr_tensor(bg.crow_t, bg.col_t, vals.reshape(-1)[bg.perm_t], (n, n), check_invariants=True)
+    torch.testing.assert_close(A.to_dense(), dense)
+    torch.testing.assert_close(At.to_dense(), dense.T)
+    torch.testing.assert_close(bg.row.long(), torch.arange(n).repeat_interleave(bg.crow.diff().long()))
+
+
+def test_dynamic_attention_changing_batch_size_matches_dense_reference():
+    torch.manual_seed(1)
+    ei, sign, w = _graph()
+    layer = GraphAttention(D, H, G, ei, sign, w, mode="dynamic")
+    with torch.no_grad():
+        layer.sign_bias.weight.normal_()
+        layer.sign_gain.uniform_(-1.5, 1.5)
+    for B in (4, 1, 4):  # one cached layout per batch size
+        x = torch.randn(B, G, D)
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["shared", "dynamic"])
+def test_graph_attention_runs_under_bf16_autocast(mode):
+    ei, sign, w = _graph()
+    layer = GraphAttention(D, H, G, ei, sign, w, mode=mode)
+    x = torch.randn(2, G, D, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(y.float(), layer(x), atol=5e-2, rtol=5e-2)

@@ -17,8 +17,10 @@ Two ways to score an edge:
     cell's own state still reach every node through adaLN and the node MLPs.
 ``mode="dynamic"``
     :math:`e^h_{ij} = \langle W_Q x_i, W_K x_j \rangle / \sqrt{d} + (\text{same edge biases})`:
-    per-cell logits (GAT/Transformer-style), gather + segment softmax + scatter; costs
-    ``O(B·E·D)`` memory.
+    per-cell logits (GAT/Transformer-style). The ``B·H`` (cell, head) copies of the graph form ONE
+    block-diagonal CSR with ``B·H·E`` non-zeros: logits are ``Q Kᵀ`` sampled at its pattern, the
+    softmax runs over each CSR row, and the aggregation is one sparse matmul; ``O(B·H·E)`` memory,
+    no gathered ``(B, E, H, d)`` tensors.
 
 ``γ^h_s`` is a learnt per-head gain per edge sign (initialised to 1), so activation and repression
 can act with opposite signs although softmax weights are positive. Genes without in-edges get a
@@ -122,12 +124,17 @@ class GraphAttention(nn.Module):
         nn.init.zeros_(self.sign_bias.weight)
         nn.init.zeros_(self.type_bias.weight)
 
-    def _layout(self) -> tuple[torch.Tensor, ...]:
-        # built lazily and cached per device (index tensors only; nothing learnable)
-        dev = self.src.device
-        if getattr(self, "_block", None) is None or self._block.crow.device != dev:
-            self._block = BlockGraph(self.src, self.dst, self.n_genes, self.heads)
-        return self._block.tensors()
+    def _layout(self, n_blocks: int) -> BlockGraph:
+        """Block-diagonal layout of ``n_blocks`` graph copies: ``H`` (shared) or ``B·H`` (dynamic)."""
+        # index tensors only (nothing learnable): built lazily, cached per (count, device), kept out of
+        # the state dict. The batch size rarely changes (a short last batch): a tiny cache suffices.
+        cache = self.__dict__.setdefault("_blocks", {})
+        key = (n_blocks, self.src.device)
+        if key not in cache:
+            if len(cache) >= 4:
+                cache.clear()
+            cache[key] = BlockGraph(self.src, self.dst, self.n_genes, n_blocks)
+        return cache[key]
 
     @property
     def n_edges(self) -> int:
@@ -151,12 +158,26 @@ class GraphAttention(nn.Module):
 
     def dynamic_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-cell attention weights (B, E, H) for the (normalised) node states ``x`` (B, G, D)."""
+        alpha, _ = self._dynamic_softmax(x)  # (B, H, E)
+        return alpha.permute(0, 2, 1)  # (B, E, H), a view
+
+    def _dynamic_softmax(self, x: torch.Tensor) -> tuple[torch.Tensor, BlockGraph]:
+        """Dynamic weights (B, H, E) and the (cell, head) block layout whose value array they are.
+
+        Runs in float32 (float64 if given) whatever the autocast dtype: the sparse CPU kernels need it.
+        """
         B, G, _ = x.shape
-        H, d = self.heads, self.head_dim
+        H, d, E = self.heads, self.head_dim, self.n_edges
+        layout = self._layout(B * H)
         q, k = self.qk(x).view(B, G, 2, H, d).unbind(2)  # (B, G, H, d) each
-        logits = (q[:, self.dst] * k[:, self.src]).sum(-1) / math.sqrt(d)  # (B, E, H)
-        logits = logits + self.edge_bias()
-        return segment_softmax(logits, self.dst, num_nodes=G, dim=1)  # (B, E, H)
+        work = _work_dtype(q.dtype)
+        # ⟨q_i, k_j⟩ of every (cell, head, edge), directly in the layout's value order
+        dots = _SampledDot.apply(_to_blocks(q, work), _to_blocks(k, work), *layout.tensors())  # (B·H·E,)
+        bias = self.edge_bias().T.to(work)  # (H, E), broadcast over cells
+        logits = torch.add(bias, dots.view(B, H, E), alpha=1 / math.sqrt(d))  # (B, H, E) = bias + dots / √d
+        # a CSR row is one (cell, head, target): the row softmax is the softmax over its in-edges
+        alpha = _SegmentSoftmax.apply(logits.reshape(-1), layout.crow, layout.row)  # (B·H·E,)
+        return alpha.view(B, H, E), layout  # (B, H, E)
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,11 +190,11 @@ class GraphAttention(nn.Module):
         gain = self.sign_gain[self.sign_idx]  # (E, H)
         if self.mode == "shared":
             alpha = self.shared_weights() * gain  # (E, H)
-            y = _shared_aggregate(alpha, self._layout(), v)  # (B, G, H, d)
+            y = _shared_aggregate(alpha, self._layout(H), v)  # (B, G, H, d)
         else:
-            alpha = self.dynamic_weights(x) * gain  # (B, E, H)
-            msg = v[:, self.src] * alpha.unsqueeze(-1)  # (B, E, H, d)
-            y = torch.zeros_like(v).index_add_(1, self.dst, msg)  # (B, G, H, d)
+            alpha, layout = self._dynamic_softmax(x)  # (B, H, E)
+            alpha = alpha * gain.T.to(alpha.dtype)  # (B, H, E)
+            y = _dynamic_aggregate(alpha, layout, v)  # (B, G, H, d)
         return self.out(y.reshape(B, G, D))
 
     def dense_weights(self, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,6 +212,110 @@ class GraphAttention(nn.Module):
         return out
 
 
+# ------------------------------------------------------------------ sparse kernels
+# torch's generic sparse autograd goes through COO and materialises per-edge products, and its CPU
+# kernels exist only for float32/64 (autocast would hand them bfloat16). The autograd Functions below
+# therefore take float32/64 inputs, switch autocast off around the kernels, and write their backward
+# as sparse kernels of the same fixed layout (transposed layout precomputed in BlockGraph).
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype the sparse kernels run in: float32/64 as given, anything lower (autocast) → float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _no_autocast(t: torch.Tensor) -> torch.autocast:
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """Square ``(n, n)`` CSR matrix with a fixed, trusted layout."""
+    n = crow.numel() - 1
+    return torch.sparse_csr_tensor(crow, col, vals, (n, n), check_invariants=False)
+
+
+def _sampled_dot(crow: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``⟨a[row_e], b[col_e]⟩`` for every stored entry ``e`` of the layout → (nnz,), in CSR order.
+
+    ``(a bᵀ) ⊙ mask`` via ``torch.sparse.sampled_addmm``: no gathered (nnz, d) rows.
+    """
+    pattern = _csr(crow, col, a.new_zeros(col.numel()))  # only the pattern matters (beta=0)
+    return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()  # (nnz,)
+
+
+class _SampledDot(torch.autograd.Function):
+    """``s = (Q Kᵀ) ⊙ mask(A)`` as the value array (nnz,) of A's CSR layout, for dense Q, K (n, d).
+
+    With ``S`` the CSR matrix holding ``∂s``: ``∂Q = S K`` and ``∂K = Sᵀ Q`` (transposed layout).
+    """
+
+    @staticmethod
+    def forward(ctx, Q, K, crow, col, crow_t, col_t, perm_t):  # noqa: D102
+        ctx.save_for_backward(Q, K, crow, col, crow_t, col_t, perm_t)
+        with _no_autocast(Q):
+            return _sampled_dot(crow, col, Q.contiguous(), K.contiguous())  # (nnz,)
+
+    @staticmethod
+    def backward(ctx, grad_s):  # noqa: D102
+        Q, K, crow, col, crow_t, col_t, perm_t = ctx.saved_tensors
+        grad_q = grad_k = None
+        with _no_autocast(Q):
+            if ctx.needs_input_grad[0]:
+                grad_q = _csr(crow, col, grad_s) @ K  # (n, d)
+            if ctx.needs_input_grad[1]:
+                grad_k = _csr(crow_t, col_t, grad_s.index_select(0, perm_t)) @ Q  # (n, d)
+        return grad_q, grad_k, None, None, None, None, None
+
+
+class _BlockSpMM(torch.autograd.Function):
+    """``Y = A V`` for a sparse ``A`` (CSR layout fixed, values differentiable) and dense ``V``.
+
+    Backward: ``∂V = Aᵀ ∂Y`` (transposed layout) and ``∂A = (∂Y Vᵀ) ⊙ mask(A)`` (sampled dot).
+    """
+
+    @staticmethod
+    def forward(ctx, vals, V, crow, col, crow_t, col_t, perm_t):  # noqa: D102
+        ctx.save_for_backward(vals, V, crow, col, crow_t, col_t, perm_t)
+        with _no_autocast(V):
+            return _csr(crow, col, vals) @ V
+
+    @staticmethod
+    def backward(ctx, grad_y):  # noqa: D102
+        vals, V, crow, col, crow_t, col_t, perm_t = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        grad_vals = grad_v = None
+        with _no_autocast(V):
+            if ctx.needs_input_grad[1]:
+                grad_v = _csr(crow_t, col_t, vals.index_select(0, perm_t)) @ grad_y
+            if ctx.needs_input_grad[0]:
+                grad_vals = _sampled_dot(crow, col, grad_y, V)
+        return grad_vals, grad_v, None, None, None, None, None
+
+
+class _SegmentSoftmax(torch.autograd.Function):
+    """Softmax of a CSR value array (nnz,) within each row, i.e. over one target's in-edges.
+
+    Row reductions are ``segment_reduce`` over ``crow``; ``row`` (nnz,) broadcasts them back to the
+    entries. Only the output ``a`` is saved: ``∂l = a ⊙ (∂a − Σ_row a ∂a)``. Empty rows own no
+    entries, so they need no special case.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, crow, row):  # noqa: D102
+        row_max = torch.segment_reduce(logits, "max", offsets=crow)  # (n,), for stability only
+        ex = (logits - row_max.index_select(0, row)).exp_()  # (nnz,)
+        alpha = ex.div_(torch.segment_reduce(ex, "sum", offsets=crow).index_select(0, row))  # (nnz,)
+        ctx.save_for_backward(alpha, crow, row)
+        return alpha
+
+    @staticmethod
+    def backward(ctx, grad_a):  # noqa: D102
+        alpha, crow, row = ctx.saved_tensors
+        ga = grad_a * alpha  # (nnz,)
+        row_dot = torch.segment_reduce(ga, "sum", offsets=crow)  # (n,)
+        return ga.sub_(alpha * row_dot.index_select(0, row)), None, None
+
+
+# ------------------------------------------------------------------ layouts
 def _csr_layout(rows: torch.Tensor, cols: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR ``crow_indices`` and ``col_indices`` for entries already sorted by (row, col)."""
     crow = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
@@ -198,63 +323,76 @@ def _csr_layout(rows: torch.Tensor, cols: torch.Tensor, n: int) -> tuple[torch.T
     return crow, cols
 
 
-class _BlockSpMM(torch.autograd.Function):
-    """``Y = A V`` for a sparse ``A`` (CSR layout fixed, values differentiable) and dense ``V``.
+class BlockGraph:
+    """Block-diagonal CSR layout of ``n_blocks`` copies of the ``(G, G)`` graph, and its transpose.
 
-    torch's generic sparse autograd goes through COO and materialises per-edge products; here the
-    backward is two sparse kernels: ``∂V = Aᵀ ∂Y`` (transpose layout precomputed) and
-    ``∂A = (∂Y Vᵀ) ⊙ mask(A)`` (``torch.sparse.sampled_addmm``).
+    Blocks are the heads (shared mode, ``n_blocks = H``) or the (cell, head) pairs (dynamic mode,
+    ``n_blocks = B·H``, cell-major). Entries are block-major and, inside a block, in the layer's
+    (target, source) edge order, so an ``(n_blocks, E)`` array of per-edge values IS the CSR value
+    array. ``row`` is each entry's row, ``perm_t`` maps the transposed layout's entries to the values.
+
+    One block's layout is built (one argsort of E keys) and tiled with offsets: sorting the
+    ``B·H·E`` entries of the dynamic layout directly would cost far more than a forward pass.
+    Indices are int32 whenever they fit: the MKL sparse kernels behind CPU ``csr @ dense`` take
+    int32 and would otherwise convert the whole layout on every call (and it halves the cache).
     """
 
-    @staticmethod
-    def forward(ctx, vals, V, crow, col, crow_t, col_t, perm_t):  # noqa: D102
-        n = crow.numel() - 1
-        A = torch.sparse_csr_tensor(crow, col, vals, (n, n), check_invariants=False)
-        ctx.save_for_backward(vals, V, crow, col, crow_t, col_t, perm_t)
-        return A @ V
-
-    @staticmethod
-    def backward(ctx, grad_y):  # noqa: D102
-        vals, V, crow, col, crow_t, col_t, perm_t = ctx.saved_tensors
-        n = crow.numel() - 1
-        grad_y = grad_y.contiguous()
-        grad_vals = grad_v = None
-        if ctx.needs_input_grad[1]:
-            grad_v = torch.sparse_csr_tensor(crow_t, col_t, vals[perm_t], (n, n), check_invariants=False) @ grad_y
-        if ctx.needs_input_grad[0]:
-            pattern = torch.sparse_csr_tensor(crow, col, torch.zeros_like(vals), (n, n), check_invariants=False)
-            grad_vals = torch.sparse.sampled_addmm(pattern, grad_y, V.T, beta=0.0).values()
-        return grad_vals, grad_v, None, None, None, None, None
-
-
-class BlockGraph:
-    """Block-diagonal CSR layout of H copies of the ``(G, G)`` graph (one per head), and its
-    transpose. ``rows``/``cols`` are the COO coordinates in head-major, (target, source) order."""
-
-    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_genes: int, heads: int):
-        E, n = src.numel(), heads * n_genes
-        offs = (torch.arange(heads, device=src.device) * n_genes).repeat_interleave(E)  # (H·E,)
-        rows, cols = dst.repeat(heads) + offs, src.repeat(heads) + offs
-        self.n = n
-        self.crow, self.col = _csr_layout(rows, cols, n)
-        self.perm_t = torch.argsort(cols * n + rows)
-        self.crow_t, self.col_t = _csr_layout(cols[self.perm_t], rows[self.perm_t], n)
+    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_genes: int, n_blocks: int):
+        E = src.numel()
+        self.n = n_blocks * n_genes
+        idx = torch.int32 if n_blocks * max(E, n_genes) < 2**31 else torch.long
+        crow, col = _csr_layout(dst, src, n_genes)  # (G+1,), (E,)
+        perm_t = torch.argsort(src * n_genes + dst)  # (E,) source-major order
+        crow_t, col_t = _csr_layout(src[perm_t], dst[perm_t], n_genes)
+        crow, col, crow_t, col_t, perm_t, dst = (t.to(idx) for t in (crow, col, crow_t, col_t, perm_t, dst))
+        blocks = torch.arange(n_blocks, dtype=idx, device=src.device)[:, None]  # (n_blocks, 1)
+        self.crow, self.crow_t = _tile_crow(crow, blocks * E), _tile_crow(crow_t, blocks * E)  # (n+1,)
+        self.col, self.col_t = _tile(col, blocks * n_genes), _tile(col_t, blocks * n_genes)  # (n_blocks·E,)
+        self.perm_t = _tile(perm_t, blocks * E)  # (n_blocks·E,)
+        self.row = _tile(dst, blocks * n_genes)  # (n_blocks·E,)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.crow, self.col, self.crow_t, self.col_t, self.perm_t
 
 
-def _shared_aggregate(alpha: torch.Tensor, layout: tuple[torch.Tensor, ...], v: torch.Tensor) -> torch.Tensor:
+def _tile(idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """One block's index array (E,) repeated per block, shifted by that block's offset (n_blocks, 1)."""
+    return (idx + offsets).reshape(-1)  # (n_blocks·E,)
+
+
+def _tile_crow(crow: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Row pointers (G+1,) of one block → (n_blocks·G + 1,) of the block-diagonal matrix."""
+    end = (crow[-1:] + offsets[-1]) if offsets.numel() else crow[:1]
+    return torch.cat([_tile(crow[:-1], offsets), end])
+
+
+# ------------------------------------------------------------------ aggregation
+def _shared_aggregate(alpha: torch.Tensor, layout: BlockGraph, v: torch.Tensor) -> torch.Tensor:
     """``y[b, i, h] = Σ_j α[ij, h] · v[b, j, h]`` as ONE block-diagonal sparse matmul.
 
     alpha (E, H), v (B, G, H, d) → (B, G, H, d). The H per-head ``(G, G)`` matrices form a
     ``(H·G, H·G)`` block-diagonal CSR; cells and head channels are folded into the columns.
     """
     B, G, H, d = v.shape
-    dtype = v.dtype
-    # sparse CPU kernels want float32/64: compute there and cast back (autocast-safe)
-    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    work = _work_dtype(v.dtype)
     vals = alpha.T.reshape(-1).to(work)  # (H·E,) head-major, each block sorted by (dst, src)
     rhs = v.permute(2, 1, 0, 3).reshape(H * G, B * d).to(work)  # (H·G, B·d)
-    y = _BlockSpMM.apply(vals, rhs, *layout)  # (H·G, B·d)
-    return y.view(H, G, B, d).permute(2, 1, 0, 3).to(dtype)  # (B, G, H, d)
+    y = _BlockSpMM.apply(vals, rhs, *layout.tensors())  # (H·G, B·d)
+    return y.view(H, G, B, d).permute(2, 1, 0, 3).to(v.dtype)  # (B, G, H, d)
+
+
+def _dynamic_aggregate(alpha: torch.Tensor, layout: BlockGraph, v: torch.Tensor) -> torch.Tensor:
+    """``y[b, i, h] = Σ_j α[b, h, ij] · v[b, j, h]`` as ONE sparse matmul over the B·H (cell, head) blocks.
+
+    alpha (B, H, E) (already the layout's value array), v (B, G, H, d) → (B, G, H, d).
+    """
+    B, G, H, d = v.shape
+    work = _work_dtype(v.dtype)
+    y = _BlockSpMM.apply(alpha.reshape(-1).to(work), _to_blocks(v, work), *layout.tensors())  # (B·H·G, d)
+    return y.view(B, H, G, d).transpose(1, 2).to(v.dtype)  # (B, G, H, d)
+
+
+def _to_blocks(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-node head vectors (B, G, H, d) → rows of the (cell, head) block layout (B·H·G, d)."""
+    B, G, H, d = t.shape
+    return t.to(dtype).transpose(1, 2).reshape(B * H * G, d)  # (B·H·G, d)
