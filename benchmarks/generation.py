@@ -76,11 +76,12 @@ import pandas as pd  # noqa: E402
 from _results import RESULTS_DIR, command_string, record, records_to_markdown, validate_records, write_results  # noqa: E402
 
 NAME = "generation"
+SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
            "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random")
 RENAME = {"wasserstein2": "w2"}
-METRIC_ORDER = ("energy_distance", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
+METRIC_ORDER = ("energy_distance", "energy_distance_clip0", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
                 "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled", "train_seconds")
 DATASETS = {
     "kang2018": dict(loader="kang2018", conditions=["cell_type", "condition"], symbol_key=None),
@@ -138,12 +139,13 @@ def _generated_anndata(X, labels, var, keys):
 
 
 # ============================================================================ generators
-def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick):
+def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick, prediction=None,
+                   source="noise", coupling="lowrank"):
     """Build and train one GRNDiff variant; returns the model."""
     from grndiff import GRNDiff, priors
 
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
-    base = dict(lr=lr, ema_decay=ema_decay)
+    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source, source_coupling=coupling)
     kw = {
         "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
         "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
@@ -274,6 +276,20 @@ def score(real_test, gen, real_all, prior_var, ds, method, seed, train_seconds=N
                                   metrics=["tf_target_corr"], seed=seed)
     recs = [record(ds, method, RENAME.get(r.metric, r.metric), r.value, seed, r.group) for r in rep.itertuples()]
     recs.append(record(ds, method, "tf_target_corr_pooled", pooled["value"].iloc[0], seed, "all"))
+    if method != "real_vs_real":  # the same cells clipped at 0 (log1p values are non-negative)
+        clipped = gen.copy()
+        clipped.X = np.clip(_dense(clipped.X), 0.0, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ec = metrics.evaluate(real_test, clipped, groupby="group", pca_reference=real_all,
+                                  metrics=["energy_distance"], seed=seed)
+        recs.append(record(ds, method, "energy_distance_clip0", ec.loc[ec["group"] == "all", "value"].iloc[0],
+                           seed, "all"))
+    if SAVE_DIR is not None:
+        SAVE_DIR.mkdir(parents=True, exist_ok=True)
+        g = gen.copy()
+        g.X = _dense(g.X)
+        g.write_h5ad(SAVE_DIR / f"{ds}_{method}_seed{seed}.h5ad")
     if train_seconds is not None:
         recs.append(record(ds, method, "train_seconds", train_seconds, seed, "all"))
     return recs
@@ -322,11 +338,14 @@ def run_one(ds, method, seed, data, cfg, log):
     bs = cfg["gene_tokens_batch"] if method == "gene_tokens" else cfg["batch_size"]
     t0 = time.time()
     model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
-                           ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"])
+                           ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],
+                           prediction=cfg.get("prediction"), source=cfg.get("source", "noise"),
+                           coupling=cfg.get("coupling", "lowrank"))
     ts = time.time() - t0
     desc = f"{model!r}, batch {bs}"
     log(f"  {desc}; trained in {ts:.0f} s")
-    gen = model.sample(len(cond_df), cond_df, n_steps=cfg["n_steps"], method="euler", seed=seed)
+    # not clipped at 0, like the gaussian and pca_flow rows (energy_distance_clip0 scores the clipped cells)
+    gen = model.sample(len(cond_df), cond_df, n_steps=cfg["n_steps"], method="euler", seed=seed, clip=False)
     gen.obs["group"] = labels
     gen.obs.index = gen.obs.index.astype(str)
     return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), desc
@@ -408,7 +427,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     p.add_argument("--merge", nargs="+", default=None, help="combine partial result JSONs into --out")
+    p.add_argument("--save-generated", default=None, help="also write every generated AnnData into this folder")
+    p.add_argument("--source", default="noise", choices=("noise", "gaussian"),
+                   help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
+    p.add_argument("--coupling", default="lowrank", choices=("lowrank", "independent"),
+                   help="training coupling of the gaussian source")
+    p.add_argument("--prediction", default=None, choices=("velocity", "data"),
+                   help="network output of the GRNDiff rows (default: the model's own default)")
     args = p.parse_args(argv)
+    global SAVE_DIR
+    SAVE_DIR = Path(args.save_generated) if args.save_generated else None
 
     command = command_string()
     out_dir = Path(args.out) if args.out else RESULTS_DIR
@@ -464,7 +492,8 @@ def main(argv=None) -> int:
     config = {"steps": args.steps, "steps_ctrl": args.steps_ctrl or args.steps, "batch_size": args.batch_size,
               "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
               "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds,
-              "seeds_deep": args.deep_seeds, "quick": args.quick}
+              "seeds_deep": args.deep_seeds, "quick": args.quick, "prediction": args.prediction,
+              "source": args.source, "coupling": args.coupling}
 
     def log(msg):
         print(f"[generation {time.time() - t_start:6.0f}s] {msg}", flush=True)

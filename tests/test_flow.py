@@ -89,6 +89,58 @@ def test_flow_loss_values_and_reductions():
         flow.flow_loss(v, u, reduction="max")
 
 
+def test_velocity_from_data_recovers_the_path_velocity_and_is_floored():
+    g = _gen(3)
+    x0, x1 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    t = torch.tensor([0.0, 0.3, 0.5, 0.9, 0.94])
+    xt = flow.interpolate(x0, x1, t)
+    # the exact clean cell gives exactly u = x1 - x0 (for 1 - t above the floor)
+    torch.testing.assert_close(flow.velocity_from_data(x1, xt, t), flow.target_velocity(x0, x1))
+    # near t = 1 the gap is floored: finite, and equal to (x̂ - x_t) / min_gap
+    v = flow.velocity_from_data(x1, xt, torch.full((5,), 1.0), min_gap=0.05)
+    torch.testing.assert_close(v, (x1 - xt) / 0.05)
+    # an Euler sampler driven by the posterior mean of a point mass lands on it from any start
+    target = torch.tensor([1.5, -2.0, 0.0, 3.0])
+    x = flow.sample_ode(lambda x, t: flow.velocity_from_data(target.expand_as(x), x, t),
+                        torch.randn(3, 4, generator=g), method="euler", n_steps=10)
+    torch.testing.assert_close(x, target.expand(3, 4), atol=1e-5, rtol=0)
+
+
+def test_gaussian_source_matches_group_moments_falls_back_and_is_seeded():
+    g = _gen(5)
+    G, k, n = 12, 3, 3000
+    W = torch.linalg.qr(torch.randn(G, k, generator=g))[0]  # (G, k) orthonormal axes
+
+    def draw(mu, scale):
+        return mu + (torch.randn(n, k, generator=g) * scale) @ W.T + 0.1 * torch.randn(n, G, generator=g)
+    mu1, mu2 = torch.randn(G, generator=g), torch.randn(G, generator=g) + 3
+    x1, x2 = draw(mu1, torch.tensor([3.0, 1.0, 0.5])), draw(mu2, torch.tensor([0.5, 2.0, 1.0]))
+    x, grp = torch.cat([x1, x2]), torch.cat([torch.full((n,), 1), torch.full((n,), 2)])
+    src = flow.GaussianSource(G, n_groups=3, n_comps=k, residual=1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        src.sample(torch.ones(2, dtype=torch.long))
+    src.fit(x, grp)
+    s1 = src.sample(torch.full((4 * n,), 1), seed=0)  # (B, G)
+    torch.testing.assert_close(s1.mean(0), mu1, atol=0.15, rtol=0)
+    torch.testing.assert_close(torch.cov(s1.T), torch.cov(x1.T), atol=0.35, rtol=0.1)
+    # per-gene variance is kept: low-rank part + residual
+    torch.testing.assert_close(s1.var(0), x1.var(0), atol=0.1, rtol=0.15)
+    # unknown / null groups fall back to the pooled Gaussian of all cells
+    s0 = src.sample(torch.tensor([0, 7, -1] * n), seed=1)
+    torch.testing.assert_close(s0.mean(0), x.mean(0), atol=0.2, rtol=0)
+    assert torch.equal(src.sample(torch.full((5,), 2), seed=3), src.sample(torch.full((5,), 2), seed=3))
+    assert not torch.equal(src.sample(torch.full((5,), 2), seed=3), src.sample(torch.full((5,), 2), seed=4))
+    # residual=0 → exactly rank-k around the group mean
+    src.residual = 0.0
+    r = src.sample(torch.full((50,), 2), seed=0) - src.mean[2]
+    assert torch.linalg.matrix_rank(r, atol=1e-4) == k
+    # the low-rank coupling keeps x1's coordinates on the k axes and drops the rest (residual 0)
+    x0 = src.couple(x1[:100], torch.full((100,), 1), generator=_gen(9))
+    W_ = src.basis  # (G, k)
+    torch.testing.assert_close((x0 - src.mean[1]) @ W_, (x1[:100] - src.mean[1]) @ W_, atol=1e-4, rtol=1e-4)
+    assert torch.linalg.matrix_rank(x0 - src.mean[1], atol=1e-4) == k
+
+
 # ------------------------------------------------------------------ the Gaussian closed form itself
 @pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
 def test_gaussian_marginal_velocity_is_the_regression_optimum(t):

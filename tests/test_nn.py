@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from grndiff.nn import (ConditionEmbedder, GRNTransformer, GraphAttention, GraphDiTBlock, MLPVelocity,
+from grndiff.nn import (ConditionEmbedder, GRNTransformer, PerturbationEmbedder, GraphAttention, GraphDiTBlock, MLPVelocity,
                         ModulePooling, TokenBlock, gene_token_transformer, modules_only)
 from grndiff.nn.graph_attention import BlockGraph
 
@@ -183,6 +183,30 @@ def test_perturbation_flag_reaches_targets_through_graph():
     v1 = m(x, t, None, torch.tensor([[0], [0]]))
     assert (v1 - v0)[:, 1].abs().min() > 0
     assert not torch.allclose(v1[:, 1], v0[:, 1])
+
+
+def test_perturbation_propagation_matches_dense_matrix_powers():
+    # chain 0 -(+)-> 1 -(-)-> 2, plus 3 -(+)-> 2; a self-loop and a reverse edge must not propagate
+    ei = torch.tensor([[0, 1, 3, 4, 1], [1, 2, 2, 4, 0]])
+    sign = torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0])
+    etype = torch.tensor([0, 0, 0, 2, 1])
+    emb = PerturbationEmbedder(6, D, ei, sign, etype, hops=3)
+    A = torch.zeros(6, 6)  # rows = targets, signed, in-degree normalised
+    A[1, 0], A[2, 1], A[2, 3] = 1.0, -0.5, 0.5
+    onehot = torch.zeros(2, 6)
+    onehot[0, 0] = 1.0
+    onehot[1, 3] = 1.0
+    f = emb.propagated(onehot)  # (B, G, 2K)
+    assert f.shape == (2, 6, 6)
+    ref = onehot.T
+    for k in range(3):
+        ref = A @ ref
+        torch.testing.assert_close(f[..., 2 * k], ref.T)
+        torch.testing.assert_close(f[..., 2 * k + 1], (A.abs() @ (A.abs().matrix_power(k) @ onehot.T)).T)
+    # knocking out gene 0 reaches gene 2 (two hops) with the repressive sign, not gene 5
+    assert f[0, 2, 2] < 0 and f[0, 5].abs().sum() == 0
+    node, _ = emb(torch.tensor([[0], [-1]]), torch.randn(6, D))
+    assert node[1].abs().sum() == 0 and node[0, 2].abs().sum() > 0
 
 
 def test_module_pooling_means_and_unpool_zero_at_init():

@@ -15,7 +15,7 @@ from .processor import CellData
 
 log = logging.getLogger("grndiff")
 
-SOURCES = ("noise", "control")
+SOURCES = ("noise", "control", "gaussian")
 
 
 def holdout_mask(obs: pd.DataFrame, holdout: dict | None) -> np.ndarray:
@@ -101,7 +101,7 @@ class GRNDataModule(L.LightningDataModule):
         See :func:`split_indices`; ``split_seed`` also seeds the per-epoch shuffling and pairing.
         Held-out cells are in :attr:`holdout_indices`, in neither loader.
     source
-        ``"noise"`` (batches carry no ``x0``) or ``"control"`` (each cell gets ``x0``, a random
+        ``"noise"`` or ``"gaussian"`` (batches carry no ``x0``) or ``"control"`` (each cell gets ``x0``, a random
         control cell of the same ``match_keys`` group, drawn afresh every epoch from the
         training split's control cells, also for validation batches).
     match_keys

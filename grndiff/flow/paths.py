@@ -70,6 +70,35 @@ def target_velocity(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x1 - x0
 
 
+def velocity_from_data(x1_hat: torch.Tensor, xt: torch.Tensor, t: torch.Tensor | float,
+                       min_gap: float = 0.05) -> torch.Tensor:
+    """Velocity implied by a prediction of the clean cell ("x-prediction").
+
+    On the straight path ``x₁ = x_t + (1 − t) u``, so a network that predicts the data ``x̂₁``
+    defines ``v = (x̂₁ − x_t) / (1 − t)``; ``1 − t`` is floored at ``min_gap`` so the division
+    stays finite near ``t = 1``. Regressing ``v`` on ``u`` with this parametrisation ("x-pred,
+    v-loss") is what Li & He (2025, "Back to Basics: Let Denoising Generative Models Denoise",
+    arXiv:2511.13720) found necessary when the data fill few of many dimensions — as cells do in
+    gene space: a velocity network must reproduce the source noise in every gene exactly, a data
+    network only the cell.
+
+    Parameters
+    ----------
+    x1_hat, xt
+        Predicted clean cells and the current points, (B, G).
+    t
+        Per-cell times (B,) or a scalar.
+    min_gap
+        Floor of ``1 − t``.
+
+    Returns
+    -------
+    v : (B, G)
+    """
+    gap = (1 - _per_cell(t, xt)).clamp_min(min_gap)
+    return (x1_hat - xt) / gap
+
+
 def flow_loss(v_pred: torch.Tensor, u: torch.Tensor, weight: torch.Tensor | None = None,
               reduction: str = "mean") -> torch.Tensor:
     """Flow-matching regression loss: per-cell MSE over genes, then reduced over cells.

@@ -54,6 +54,9 @@ class GRNTransformer(nn.Module):
         gene-token baseline; memory grows as G²).
     perturbation
         Add a :class:`PerturbationEmbedder` for gene knock-outs given as ``pert`` (B, S).
+    perturbation_hops
+        How far a perturbation is propagated along the prior edges as explicit node features
+        (see :class:`PerturbationEmbedder`); 0 leaves only the flag and message passing.
     cond_dropout
         Classifier-free guidance dropout probability.
     """
@@ -80,6 +83,7 @@ class GRNTransformer(nn.Module):
         mlp_ratio: float = 2.0,
         value_embedding: str = "fourier",
         perturbation: bool = False,
+        perturbation_hops: int = 3,
         cond_dropout: float = 0.1,
     ):
         super().__init__()
@@ -92,7 +96,8 @@ class GRNTransformer(nn.Module):
         self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
         self.t_embed = TimestepEmbedder(hidden)
         self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
-        self.pert_embed = PerturbationEmbedder(n_genes, hidden) if perturbation else None
+        self.pert_embed = (PerturbationEmbedder(n_genes, hidden, edge_index, edge_sign, edge_type, hops=perturbation_hops)
+                           if perturbation else None)
         self.cell_embed = (nn.Sequential(nn.Linear(n_genes, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
                            if cell_token else None)
 
