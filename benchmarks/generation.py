@@ -26,6 +26,7 @@ Methods (rows)
 ``gene_tokens``        every gene a token, full attention (memory O(B·H·G²)); smaller batch
 ``modules_only``       Hallmark tokens, no gene graph
 ``grndiff``            CollecTRI graph + Hallmark tokens (+ global cell token), the default model
+``grndiff_noise``      ``grndiff`` with the N(0, I) source instead of the fitted per-group Gaussian
 ``grndiff_nomodules``  CollecTRI graph only
 ``grndiff_learned``    CollecTRI graph + 32 learned soft modules instead of Hallmark
 ``grndiff_nocell``     ``grndiff`` without the global cell token (``cell_token=False``)
@@ -79,7 +80,7 @@ NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
-           "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random")
+           "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random")
 RENAME = {"wasserstein2": "w2"}
 METRIC_ORDER = ("energy_distance", "energy_distance_clip0", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
                 "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled", "train_seconds")
@@ -140,7 +141,7 @@ def _generated_anndata(X, labels, var, keys):
 
 # ============================================================================ generators
 def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick, prediction=None,
-                   source="noise", coupling="lowrank"):
+                   source="gaussian", coupling="independent"):
     """Build and train one GRNDiff variant; returns the model."""
     from grndiff import GRNDiff, priors
 
@@ -151,6 +152,7 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
         "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
         "modules_only": dict(prior=None, modules="hallmark", backbone="modules_only", **small),
         "grndiff": dict(prior=prior_sym, modules="hallmark", **small),
+        "grndiff_noise": dict(prior=prior_sym, modules="hallmark", **small),
         "grndiff_nomodules": dict(prior=prior_sym, modules=None, **small),
         "grndiff_learned": dict(prior=prior_sym, modules=None, n_learned_modules=32, **small),
         "grndiff_nocell": dict(prior=prior_sym, modules="hallmark", cell_token=False, **small),
@@ -159,6 +161,8 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
             set(prior_sym["source"]) | set(prior_sym["target"]) | _measured_symbols(train))),
             modules="hallmark", **small),
     }[method]
+    if method == "grndiff_noise":  # the same model from N(0, I): what the source contributes
+        base = dict(base, source="noise")
     model = GRNDiff(train, **base, **kw)
     model.train(max_steps=steps, max_epochs=10_000, batch_size=batch_size, val_fraction=0.0, seed=seed,
                 progress_bar=False)
@@ -340,7 +344,7 @@ def run_one(ds, method, seed, data, cfg, log):
     model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
                            ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],
                            prediction=cfg.get("prediction"), source=cfg.get("source", "noise"),
-                           coupling=cfg.get("coupling", "lowrank"))
+                           coupling=cfg.get("coupling", "independent"))
     ts = time.time() - t0
     desc = f"{model!r}, batch {bs}"
     log(f"  {desc}; trained in {ts:.0f} s")
@@ -428,9 +432,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     p.add_argument("--merge", nargs="+", default=None, help="combine partial result JSONs into --out")
     p.add_argument("--save-generated", default=None, help="also write every generated AnnData into this folder")
-    p.add_argument("--source", default="noise", choices=("noise", "gaussian"),
+    p.add_argument("--source", default="gaussian", choices=("noise", "gaussian"),
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
-    p.add_argument("--coupling", default="lowrank", choices=("lowrank", "independent"),
+    p.add_argument("--coupling", default="independent", choices=("lowrank", "independent"),
                    help="training coupling of the gaussian source")
     p.add_argument("--prediction", default=None, choices=("velocity", "data"),
                    help="network output of the GRNDiff rows (default: the model's own default)")

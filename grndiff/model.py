@@ -72,10 +72,10 @@ class GRNDiff:
 
     def __init__(self, adata: ad.AnnData, prior: Any = "collectri", modules: Any = "hallmark",
                  backbone: str = "grn", *, organism: str = "human", graph_kwargs: dict | None = None,
-                 source: str = "noise", time_schedule: str = "logit_normal", ot_pairing: bool = False,
+                 source: str = "gaussian", time_schedule: str = "logit_normal", ot_pairing: bool = False,
                  lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100, ema_decay: float = 0.999,
                  token_aux_weight: float = 0.1, match_keys: list[str] | None = None, prediction: str | None = None,
-                 source_comps: int = 30, source_residual: float = 0.5, source_coupling: str = "lowrank",
+                 source_comps: int = 30, source_residual: float = 0.5, source_coupling: str = "independent",
                  **net_kwargs):
         unknown = set(net_kwargs) - set(_NET_KEYS)
         if unknown:
@@ -126,7 +126,7 @@ class GRNDiff:
                           weight_decay=c["weight_decay"], warmup_steps=c["warmup_steps"], ema_decay=c["ema_decay"],
                           token_aux_weight=c.get("token_aux_weight", 0.1), prediction=c.get("prediction"),
                           source_comps=c.get("source_comps", 30), source_residual=c.get("source_residual", 0.5),
-                          source_coupling=c.get("source_coupling", "lowrank"))
+                          source_coupling=c.get("source_coupling", "independent"))
 
     @property
     def var_names(self) -> list[str]:
@@ -418,8 +418,9 @@ class GRNDiff:
 def config_from_hparams(hp: dict, **extra) -> dict:
     """GRNDiff config from a :class:`~grndiff.train.FlowModule`'s hyper-parameters (CLI export)."""
     keys = ("backbone", "net_kwargs", "source", "time_schedule", "ot_pairing", "lr", "weight_decay",
-            "warmup_steps", "ema_decay", "token_aux_weight")
-    cfg = {k: hp.get(k) for k in keys}
+            "warmup_steps", "ema_decay", "token_aux_weight", "prediction", "source_comps", "source_residual",
+            "source_coupling")
+    cfg = {k: hp.get(k) for k in keys if k in hp}
     cfg["net_kwargs"] = dict(cfg["net_kwargs"] or {})
     cfg.update({k: (v if isinstance(v, (str, type(None))) else _describe(v)) for k, v in extra.items()})
     if isinstance(extra.get("match_keys"), (list, tuple)):
