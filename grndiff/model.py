@@ -92,6 +92,7 @@ class GRNDiff:
             "source_residual": source_residual, "source_coupling": source_coupling, "match_keys": list(match_keys) if match_keys else None, "net_kwargs": dict(net_kwargs),
         }
         self.module = self._build_module()
+        self._ensure_source(adata)  # an untrained model samples its source; train() refits on its training split
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
         self._library_size = _median_library_size(adata, self.setup)
@@ -160,6 +161,8 @@ class GRNDiff:
         dm = self.datamodule(adata, batch_size=batch_size, val_fraction=val_fraction, split_seed=split_seed,
                              stratify_key=stratify_key, holdout=holdout)
         history = LossHistory()
+        if self.module.source_dist is not None:  # refit on exactly the training split (holdout/val excluded)
+            self.module.source_dist.fitted.fill_(False)
         trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
                             precision=precision, logger=logger, enable_progress_bar=progress_bar,
                             enable_checkpointing=enable_checkpointing, enable_model_summary=False,
@@ -240,12 +243,26 @@ class GRNDiff:
         if n_cells < 1:
             raise ValueError(f"n_cells must be ≥ 1, got {n_cells}")
         cond, pert, obs = self._encode_conditions(conditions, n_cells)
+        self._ensure_source()
         x0 = self.module.draw_source(cond, n_cells, seed=seed)  # N(0, I), or the fitted per-group Gaussian
         x = self._integrate(x0, cond, pert, n_steps=n_steps, method=method, guidance=guidance,
                             batch_size=batch_size, progress=progress)
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "sample",
                   "clip": clip}
         return self._to_anndata(x, obs, params, counts=counts, seed=seed, clip=clip)
+
+    def _ensure_source(self, adata: ad.AnnData | None = None) -> None:
+        """An untrained model samples from its source too: fit the Gaussian source on the AnnData
+        the model was built on if training has not done it yet."""
+        src = self.module.source_dist
+        if src is None or bool(src.fitted):
+            return
+        adata = adata if adata is not None else getattr(self, "_adata", None)
+        if adata is None:
+            raise RuntimeError("the model's Gaussian source is not fitted and no training AnnData is attached; "
+                               "train the model first (model.train(adata=...))")
+        self.module.fit_source(self.datamodule(adata, batch_size=1024, val_fraction=0.0).train_dataloader())
+        self.module.cpu()
 
     def predict(self, adata_ctrl: ad.AnnData, conditions: dict, *, n_steps: int = 50, method: str = "euler",
                 guidance: float = 1.0, seed: int = 0, batch_size: int = 1024, clip: bool = True,

@@ -122,16 +122,22 @@ class GaussianSource(torch.nn.Module):
     def fit(self, x: torch.Tensor, group: torch.Tensor) -> "GaussianSource":
         """Fit on training cells ``x`` (N, G) with group ids ``group`` (N,) in ``[1, n_groups)``
         (0 or negative = no group; such cells count for group 0 only). Returns ``self``."""
-        x = x.double()
         N, G = x.shape
+        x = x.double() if N * G <= 50_000_000 else x.float()  # float64 where it is cheap
         if G != self.n_genes:
             raise ValueError(f"x has {G} genes, the source was built for {self.n_genes}")
         if N < 2:
             raise ValueError("GaussianSource needs at least 2 training cells")
         k = min(self.n_comps, N - 1, G)
         mu = x.mean(0)
-        _, _, Vh = torch.linalg.svd(x - mu, full_matrices=False)
-        W = Vh[:k].T  # (G, k)
+        if min(N, G) > 4 * k + 100:  # randomised SVD (Halko et al. 2011): only k axes are needed
+            with torch.random.fork_rng(devices=[]):  # its random probes must not move the global stream
+                torch.manual_seed(0)
+                _, _, V = torch.svd_lowrank(x - mu, q=k + 10, niter=4)
+            W = V[:, :k]  # (G, k)
+        else:
+            _, _, Vh = torch.linalg.svd(x - mu, full_matrices=False)
+            W = Vh[:k].T  # (G, k)
         S = (x - mu) @ W  # (N, k)
         pooled = torch.cov(S.T).reshape(k, k) + 1e-6 * torch.eye(k, dtype=x.dtype)
         resid = (x - mu) - S @ W.T

@@ -144,14 +144,14 @@ class FlowModule(L.LightningModule):
 
     @torch.no_grad()
     def fit_source(self, batches) -> None:
-        """Fit the Gaussian source on an iterable of training batches (first 50,000 cells)."""
+        """Fit the Gaussian source on an iterable of training batches (the first 20,000 cells)."""
         xs, gs, n = [], [], 0
         for b in batches:
             xs.append(b["x"].float().cpu())
             g = self.source_groups({k: v.cpu() for k, v in b.get("cond", {}).items()})
             gs.append(torch.zeros(b["x"].shape[0], dtype=torch.long) if g is None else g)
             n += b["x"].shape[0]
-            if n >= 50_000:
+            if n >= 20_000:
                 break
         if not xs:
             raise ValueError("source='gaussian' needs training cells to fit the source, but the training loader is empty")
