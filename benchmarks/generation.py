@@ -420,6 +420,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=3, help="seeds of the cheap rows " + str(CHEAP))
     p.add_argument("--deep-seeds", type=int, default=1, help="seeds of every other row")
+    p.add_argument("--seed-start", type=int, default=0, help="skip seeds below this (to extend an earlier run)")
     p.add_argument("--steps", type=int, default=1000, help="training steps of every deep model")
     p.add_argument("--steps-ctrl", type=int, default=None, help="steps on kang2018_ctrl (default --steps)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -513,7 +514,7 @@ def main(argv=None) -> int:
         cfg = dict(config, steps=(args.steps_ctrl or args.steps) if ds == "kang2018_ctrl" else args.steps,
                    mlp_hidden=128 if args.quick else 512, n_pcs_flow=50, quick=args.quick)
         n_seeds = max(args.seeds, args.deep_seeds)
-        for seed in range(n_seeds):
+        for seed in range(args.seed_start, n_seeds):
             data = None
             for method in methods:
                 if seed >= (args.seeds if method in CHEAP else args.deep_seeds):

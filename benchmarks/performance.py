@@ -103,6 +103,7 @@ def _train_setup(graph, B: int, seed: int = 0):
     module = FlowModule(inputs, net_kwargs=dict(NET), ema_decay=0.0)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-4)
     batch = {"x": torch.randn(B, graph.n_genes), "cond": {"cell_type": torch.randint(1, 9, (B,))}}
+    module.fit_source([batch])  # the default Gaussian source, fitted on the one batch (cost: negligible)
 
     def step():
         opt.zero_grad(set_to_none=True)
