@@ -168,6 +168,13 @@ class GaussianSource(torch.nn.Module):
         self.fitted.fill_(True)
         return self
 
+    def _groups(self, group) -> torch.Tensor:
+        """Group ids (B,) on the source's device; out-of-range or negative → 0 (pooled)."""
+        if not bool(self.fitted):
+            raise RuntimeError("GaussianSource is not fitted: call .fit(x, group) on the training cells first")
+        group = torch.as_tensor(group, dtype=torch.long, device=self.mean.device)
+        return torch.where((group > 0) & (group < self.n_groups), group, torch.zeros_like(group))
+
     def couple(self, x1: torch.Tensor, group: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Source points paired with data cells ``x1`` (B, G) for training ("low-rank coupling").
 
@@ -180,10 +187,7 @@ class GaussianSource(torch.nn.Module):
         pairing is a coupling with the right ``x₁`` marginal; ``x₀``'s law is the source's
         exactly when the PC scores are Gaussian.
         """
-        if not bool(self.fitted):
-            raise RuntimeError("GaussianSource is not fitted: call .fit(x, group) on the training cells first")
-        group = torch.as_tensor(group, dtype=torch.long, device=self.mean.device)
-        group = torch.where((group > 0) & (group < self.n_groups), group, torch.zeros_like(group))
+        group = self._groups(group)
         mu = self.mean[group].to(x1.dtype)  # (B, G)
         W = self.basis.to(x1.dtype)  # (G, k)
         low = ((x1 - mu) @ W) @ W.T  # (B, G)
@@ -197,10 +201,7 @@ class GaussianSource(torch.nn.Module):
         ``seed`` draws from a private CPU generator (bitwise reproducible, as
         :func:`seeded_noise`); otherwise ``generator`` (or the global stream) is used.
         """
-        if not bool(self.fitted):
-            raise RuntimeError("GaussianSource is not fitted: call .fit(x, group) on the training cells first")
-        group = torch.as_tensor(group, dtype=torch.long, device=self.mean.device)
-        group = torch.where((group > 0) & (group < self.n_groups), group, torch.zeros_like(group))
+        group = self._groups(group)
         B, k = group.shape[0], self.n_comps
         if seed is not None:
             z = seeded_noise((B, k + self.n_genes), seed, device=self.mean.device)
