@@ -34,7 +34,7 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
     print(f"[grndiff demo] kang2018: {adata.n_obs} cells × {adata.n_vars} genes; train {train.n_obs}, held-out {test.n_obs}")
 
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=["cell_type", "condition"])
-    steps = 150 if quick else 2000
+    steps = 150 if quick else 1500
     rows, generated = [], {}
     cond_df = test.obs[["cell_type", "condition"]].astype(str).reset_index(drop=True)
     for name, kw in [("grndiff", {"prior": "collectri", "modules": "hallmark"}),
