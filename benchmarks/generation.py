@@ -80,7 +80,11 @@ NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
-           "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random")
+           "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random",
+           # the same networks on the Gaussian's low-rank state (source_coupling="lowrank": the velocity is kept
+           # off the source's 30 axes, so the network learns only the gene-level residual given the low-rank draw)
+           "mlp_lowrank", "gene_tokens_lowrank", "modules_only_lowrank", "grndiff_lowrank", "grndiff_lowrank_nomodules",
+           "grndiff_lowrank_shuffled", "grndiff_lowrank_random")
 RENAME = {"wasserstein2": "w2"}
 METRIC_ORDER = ("energy_distance", "energy_distance_clip0", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
                 "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled", "train_seconds")
@@ -142,8 +146,12 @@ def _generated_anndata(X, labels, var, keys):
 # ============================================================================ generators
 def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick, prediction=None,
                    source="gaussian", coupling="independent"):
-    """Build and train one GRNDiff variant; returns the model."""
+    """Build and train one GRNDiff variant; returns the model. ``*_lowrank*`` names train the same
+    variant with ``source_coupling="lowrank"``."""
     from grndiff import GRNDiff, priors
+
+    if "_lowrank" in method:
+        method, coupling = method.replace("_lowrank", ""), "lowrank"
 
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
     base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source, source_coupling=coupling)
@@ -339,7 +347,7 @@ def run_one(ds, method, seed, data, cfg, log):
     # GRNDiff backbones
     train = adata[train_idx].copy()
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=keys, symbol_key=symbol_key)
-    bs = cfg["gene_tokens_batch"] if method == "gene_tokens" else cfg["batch_size"]
+    bs = cfg["gene_tokens_batch"] if method.startswith("gene_tokens") else cfg["batch_size"]
     t0 = time.time()
     model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
                            ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],

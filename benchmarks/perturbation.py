@@ -176,6 +176,8 @@ def run_sergio(args, records, log, net: str, doubles: bool = False, checkpoint=l
     candidates = pairs if doubles else regs
     splits = _splits(candidates, args.n_splits, 0.25)
     for split, held_out in enumerate(splits):
+        if split < args.first_split:  # done by an earlier run (split s is the same subset in every run)
+            continue
         held = np.isin(lab, held_out)
         pca = fit_pca(X[~held], n=30, seed=split)
         train_labels = [p for p in regs + pairs if p not in held_out]
@@ -239,7 +241,8 @@ def merge(paths, name="perturbation", out_dir=None):
     import json
     objs = [json.loads(open(p).read()) for p in paths]
     records = [r for o in objs for r in o["records"]]
-    config = {o["config"]["parts_done"][0] if o["config"]["parts_done"] else f"run{i}": o["config"]
+    config = {(o["config"]["parts_done"][0] + (f"@split{o['config']['first_split']}" if o["config"].get("first_split")
+                                               else "") if o["config"]["parts_done"] else f"run{i}"): o["config"]
               for i, o in enumerate(objs)}
     notes = []
     for o in objs:
@@ -258,6 +261,8 @@ def main(argv=None):
     ap.add_argument("--sergio-steps", type=int, default=300)
     ap.add_argument("--sergio-cells", type=int, default=100, help="cells per cell type (3 types) and condition")
     ap.add_argument("--n-splits", type=int, default=3)
+    ap.add_argument("--first-split", type=int, default=0,
+                    help="SERGIO: skip splits below this one (to add splits to an earlier run; merge with --merge)")
     ap.add_argument("--n-steps", type=int, default=10, help="Euler steps of prediction")
     ap.add_argument("--pred-cells", type=int, default=150, help="SERGIO: control cells transported per knock-out")
     ap.add_argument("--no-kang-noise", dest="kang_noise", action="store_false",
@@ -297,7 +302,7 @@ def main(argv=None):
         config = {"kang_steps": args.kang_steps, "sergio_steps": args.sergio_steps, "sergio_cells_per_type": args.sergio_cells,
                   "n_splits": args.n_splits, "euler_steps": args.n_steps, "sergio_pred_cells": args.pred_cells, "threads": args.threads,
                   "net": args.net or "defaults (hidden 32, depth 2, token_depth 2, cell_token)",
-                  "batch_size": 64, "parts_done": done, "quick": args.quick}
+                  "batch_size": 64, "parts_done": done, "quick": args.quick, "first_split": args.first_split}
         notes = ["torch.set_num_threads(%d); OMP_NUM_THREADS as set by the caller" % args.threads,
                  "linear (LinearPCARidge) needs gene perturbations: not applicable to Kang's IFN-β stimulation",
                  "no_change has Pearson Δ = – (NaN: a zero predicted change has no correlation)"] + _summary(records)

@@ -73,6 +73,26 @@ def test_gaussian_source_starts_at_the_group_gaussian_and_round_trips(krumsiek, 
     assert np.array_equal(a.X, loaded.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4).X)
 
 
+def test_lowrank_coupling_keeps_the_gaussian_low_rank_state(krumsiek):
+    """source_coupling='lowrank': training pairs keep x₁'s k coordinates and the velocity is projected
+    off the k axes, so a generated cell sits exactly at its source draw on them and moves off them."""
+    model = GRNDiff(krumsiek, prior=gd.datasets.krumsiek11_network(), modules=None, hidden=16, depth=1,
+                    token_depth=0, source="gaussian", source_comps=3, source_coupling="lowrank", lr=3e-3,
+                    warmup_steps=5)
+    model.train(max_steps=40, max_epochs=100, batch_size=64, val_fraction=0.0, progress_bar=False)
+    mod = model.module
+    cond, pert, _ = model._encode_conditions({"cell_type": "Ery"}, 64)
+    x0 = mod.draw_source(cond, 64, seed=0)
+    x1 = mod.generate(x0, cond, pert, n_steps=6)
+    W = mod.source_dist.basis  # (G, k)
+    torch.testing.assert_close(x1 @ W, x0 @ W, atol=1e-4, rtol=1e-4)
+    assert (x1 - x0).abs().max() > 1e-2  # the residual did move
+    # the training target has no component on the k axes either
+    xs = torch.randn(32, krumsiek.n_vars, generator=torch.Generator().manual_seed(0))
+    c = mod.source_dist.couple(xs, torch.ones(32, dtype=torch.long))
+    torch.testing.assert_close((xs - c) @ W, torch.zeros(32, W.shape[1]), atol=1e-4, rtol=0)
+
+
 def test_unknown_condition_is_a_clear_error(trained):
     with pytest.raises(ValueError, match="Bcell"):
         trained.sample(5, {"cell_type": "Bcell"})

@@ -192,7 +192,13 @@ class GaussianSource(torch.nn.Module):
         W = self.basis.to(x1.dtype)  # (G, k)
         low = ((x1 - mu) @ W) @ W.T  # (B, G)
         eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        return mu + low + self.residual * self.resid_std.to(x1.dtype) * eps
+        # the residual noise lives off the k axes too, so x₁ − x₀ has no component on them
+        return mu + low + self.project_off(self.residual * self.resid_std.to(x1.dtype) * eps)
+
+    def project_off(self, v: torch.Tensor) -> torch.Tensor:
+        """``v − W Wᵀ v``: ``v`` (B, G) with its component on the source's ``k`` axes removed."""
+        W = self.basis.to(v.dtype)  # (G, k), orthonormal columns (zero columns beyond the fitted k)
+        return v - (v @ W) @ W.T
 
     def sample(self, group: torch.Tensor, seed: int | None = None, generator: torch.Generator | None = None,
                device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
