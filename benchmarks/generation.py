@@ -78,8 +78,8 @@ from _results import RESULTS_DIR, command_string, record, records_to_markdown, v
 
 NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
-CHEAP = ("real_vs_real", "gaussian", "mlp", "pca_flow")
-METHODS = ("real_vs_real", "gaussian", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
+CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "mlp", "pca_flow")
+METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
            "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random",
            # the same networks on the Gaussian's low-rank state (source_coupling="lowrank": the velocity is kept
            # off the source's 30 axes, so the network learns only the gene-level residual given the low-rank draw)
@@ -145,7 +145,7 @@ def _generated_anndata(X, labels, var, keys):
 
 # ============================================================================ generators
 def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick, prediction=None,
-                   source="gaussian", coupling="independent"):
+                   source="gaussian", coupling="independent", source_comps=100, source_residual=0.5):
     """Build and train one GRNDiff variant; returns the model. ``*_lowrank*`` names train the same
     variant with ``source_coupling="lowrank"``."""
     from grndiff import GRNDiff, priors
@@ -154,7 +154,8 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
         method, coupling = method.replace("_lowrank", ""), "lowrank"
 
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
-    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source, source_coupling=coupling)
+    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source, source_coupling=coupling,
+                source_comps=source_comps, source_residual=source_residual)
     kw = {
         "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
         "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
@@ -347,12 +348,23 @@ def run_one(ds, method, seed, data, cfg, log):
     # GRNDiff backbones
     train = adata[train_idx].copy()
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=keys, symbol_key=symbol_key)
+    if method == "gaussian_source":  # the flow's source alone (an untrained network outputs v ≡ 0)
+        t0 = time.time()
+        model = GRNDiff(train, prior=None, modules=None, backbone="mlp", hidden=8, depth=1,
+                        source_comps=cfg.get("source_comps", 100), source_residual=cfg.get("source_residual", 0.5))
+        ts = time.time() - t0
+        gen = model.sample(len(cond_df), cond_df, n_steps=1, seed=seed, clip=False)
+        gen.obs["group"] = labels
+        gen.obs.index = gen.obs.index.astype(str)
+        return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
+                f"GaussianSource(k={cfg.get('source_comps', 100)}, residual={cfg.get('source_residual', 0.5)}), untrained")
     bs = cfg["gene_tokens_batch"] if method.startswith("gene_tokens") else cfg["batch_size"]
     t0 = time.time()
     model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
                            ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],
                            prediction=cfg.get("prediction"), source=cfg.get("source", "noise"),
-                           coupling=cfg.get("coupling", "independent"))
+                           coupling=cfg.get("coupling", "independent"), source_comps=cfg.get("source_comps", 100),
+                           source_residual=cfg.get("source_residual", 0.5))
     ts = time.time() - t0
     desc = f"{model!r}, batch {bs}"
     log(f"  {desc}; trained in {ts:.0f} s")
@@ -445,6 +457,8 @@ def main(argv=None) -> int:
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
     p.add_argument("--coupling", default="independent", choices=("lowrank", "independent"),
                    help="training coupling of the gaussian source")
+    p.add_argument("--source-comps", type=int, default=100, help="principal axes k of the gaussian source")
+    p.add_argument("--source-residual", type=float, default=0.5, help="residual-noise scale of the gaussian source")
     p.add_argument("--prediction", default=None, choices=("velocity", "data"),
                    help="network output of the GRNDiff rows (default: the model's own default)")
     args = p.parse_args(argv)
@@ -506,7 +520,8 @@ def main(argv=None) -> int:
               "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
               "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds,
               "seeds_deep": args.deep_seeds, "quick": args.quick, "prediction": args.prediction,
-              "source": args.source, "coupling": args.coupling}
+              "source": args.source, "coupling": args.coupling,
+              "source_comps": args.source_comps, "source_residual": args.source_residual}
 
     def log(msg):
         print(f"[generation {time.time() - t_start:6.0f}s] {msg}", flush=True)

@@ -86,8 +86,9 @@ class GaussianSource(torch.nn.Module):
 
     ``x₀ = μ_c + W L_c z + r·ψ ⊙ ε`` with ``z ~ N(0, I_k)``, ``ε ~ N(0, I_G)``: ``μ_c`` the
     group's mean (G,), ``W`` (G, k) the top-``k`` principal axes of all training cells, ``L_c``
-    the Cholesky factor of the group's covariance of PC scores (shrunk towards the pooled one
-    when the group is small), ``ψ`` the per-gene std left outside the ``k`` axes, ``r`` the
+    the Cholesky factor of the group's covariance of PC scores (shrunk towards the pooled
+    within-group one when the group is small), ``ψ`` the per-gene within-group std left outside
+    the ``k`` axes, ``r`` the
     ``residual`` scale. With a velocity network that outputs 0 at init the flow starts as this
     per-group Gaussian — the strong low-rank baseline — and training only has to learn what the
     Gaussian misses. A condition-dependent prior for diffusion is PriorGrad (Lee et al. 2022,
@@ -139,27 +140,36 @@ class GaussianSource(torch.nn.Module):
             _, _, Vh = torch.linalg.svd(x - mu, full_matrices=False)
             W = Vh[:k].T  # (G, k)
         S = (x - mu) @ W  # (N, k)
-        pooled = torch.cov(S.T).reshape(k, k) + 1e-6 * torch.eye(k, dtype=x.dtype)
-        resid = (x - mu) - S @ W.T
+        pooled = torch.cov(S.T).reshape(k, k) + 1e-6 * torch.eye(k, dtype=x.dtype)  # all cells: group 0
         means = mu.repeat(self.n_groups, 1)
-        chols = torch.zeros(self.n_groups, self.n_comps, self.n_comps, dtype=x.dtype)
-        chols[0, :k, :k] = torch.linalg.cholesky(pooled)
-        within = torch.zeros(k, k, dtype=x.dtype)
-        n_within = 0
+        centred = x - mu  # each cell minus its own group's mean (its group's, once known)
+        stats = {}
         for gid in range(1, self.n_groups):
             sel = group == gid
             n = int(sel.sum())
             if n == 0:
-                chols[gid] = chols[0]
                 continue
             m = x[sel].mean(0)
             means[gid] = m
-            Sg = (x[sel] - m) @ W
-            emp = Sg.T @ Sg / max(n - 1, 1)
-            within += Sg.T @ Sg
-            n_within += n
-            shrunk = (n * emp + k * pooled) / (n + k)  # small groups lean on the pooled covariance
+            centred[sel] = x[sel] - m
+            Sg = centred[sel] @ W
+            stats[gid] = (n, Sg.T @ Sg / max(n - 1, 1))
+        if stats:  # pooled WITHIN-group covariance: the shrinkage target (the all-cell one adds the
+            n_tot = sum(n for n, _ in stats.values())  # spread between groups to every group)
+            within = sum((n - 1) * c for n, c in stats.values()) / max(n_tot - len(stats), 1)
+        else:
+            within = pooled
+        chols = torch.zeros(self.n_groups, self.n_comps, self.n_comps, dtype=x.dtype)
+        chols[0, :k, :k] = torch.linalg.cholesky(pooled)
+        for gid in range(1, self.n_groups):
+            if gid not in stats:
+                chols[gid] = chols[0]
+                continue
+            n, emp = stats[gid]
+            shrunk = (n * emp + k * within) / (n + k)  # small groups lean on the pooled within-group covariance
             chols[gid, :k, :k] = torch.linalg.cholesky(shrunk + 1e-6 * torch.eye(k, dtype=x.dtype))
+        # residual noise: what the k axes leave of each cell around its group's mean
+        resid = centred - (centred @ W) @ W.T
         self.mean.copy_(means.float())
         self.basis.zero_()
         self.basis[:, :k] = W.float()

@@ -60,7 +60,9 @@ class FlowModule(L.LightningModule):
         groups = combinations of the categorical conditions) or ``"control"`` (x₀ = paired
         control cells, batch["x0"]).
     source_comps, source_residual
-        ``k`` principal axes and the residual-noise scale of the Gaussian source.
+        ``k`` principal axes and the residual-noise scale of the Gaussian source. Untrained
+        (v ≡ 0) on kang2018 (seed 0, held-out cells, 30-PC energy distance) the source scored
+        0.25 with k = 30 and 0.12 with k = 100 (residual 0.5; residual 1.0: 0.21 and 0.15).
     source_coupling
         How training pairs source and data points under ``source="gaussian"``: ``"independent"``
         (``x₀`` drawn afresh from the group's Gaussian) or ``"lowrank"`` (``x₀`` keeps ``x₁``'s
@@ -94,7 +96,7 @@ class FlowModule(L.LightningModule):
                  source: str = "gaussian", time_schedule: str = "logit_normal", ot_pairing: bool = False,
                  sigma: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
                  max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1,
-                 prediction: str | None = None, source_comps: int = 30, source_residual: float = 0.5,
+                 prediction: str | None = None, source_comps: int = 100, source_residual: float = 0.5,
                  source_coupling: str = "independent"):
         super().__init__()
         if prediction is None:
@@ -115,7 +117,7 @@ class FlowModule(L.LightningModule):
         self.ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
         self.source_dist, self._radix = None, []
         if source == "gaussian":
-            self._radix = _group_radix(inputs.get("condition_specs", []))
+            self._radix = _group_radix(inputs.get("condition_specs", []), max_groups=max(50_000_000 // source_comps ** 2, 1))
             n_groups = int(torch.prod(torch.tensor([r for _, r in self._radix] or [1]))) + 1
             self.source_dist = flow.GaussianSource(inputs["n_genes"], n_groups, source_comps, source_residual)
 
@@ -306,16 +308,17 @@ class FlowModule(L.LightningModule):
             net.train(was_training)
 
 
-def _group_radix(specs) -> list[tuple[str, int]]:
+def _group_radix(specs, max_groups: int = 100_000) -> list[tuple[str, int]]:
     """(name, number of categories) of the categorical conditions, for the source's group ids;
-    empty (one pooled group) when their combinations would exceed 100,000."""
+    empty (one pooled group) when their combinations would exceed ``max_groups`` (the per-group
+    (k, k) covariance factors are held for every combination: 50M floats at most)."""
     def get(s, key):
         return s[key] if isinstance(s, dict) else getattr(s, key)
     out = [(get(s, "name"), int(get(s, "n_categories"))) for s in (specs or []) if get(s, "kind") == "categorical"]
     total = 1
     for _, r in out:
         total *= max(r, 1)
-    return out if total <= 100_000 else []
+    return out if total <= min(max_groups, 100_000) else []
 
 
 def _rng_state() -> dict:
