@@ -141,6 +141,25 @@ def test_gaussian_source_matches_group_moments_falls_back_and_is_seeded():
     assert torch.linalg.matrix_rank(x0 - src.mean[1], atol=1e-4) == k
 
 
+def test_gaussian_source_small_groups_do_not_inherit_the_spread_between_groups():
+    """Shrinkage pulls a small group's covariance towards the pooled WITHIN-group one and the residual
+    noise is taken around each group's mean: groups 20 SD apart, unit spread inside, must sample with
+    unit spread (shrinking towards the all-cell covariance gave them the 20-SD gap as spread)."""
+    from grndiff.flow import GaussianSource
+
+    g, G, k = _gen(0), 40, 5
+    centres = torch.zeros(3, G)
+    centres[1, :5], centres[2, 5:10] = 20.0, 20.0
+    group = torch.tensor([1] * 12 + [2] * 12)  # small groups: shrinkage weight k / (n + k) is large
+    x = centres[group] + torch.randn(24, G, generator=g)
+    src = GaussianSource(G, n_groups=3, n_comps=k, residual=1.0).fit(x, group)
+    s = src.sample(torch.full((4000,), 1), seed=0)
+    spread = (s - s.mean(0)).square().sum(1).mean().sqrt()  # typical distance to the group's centre
+    real = (x[group == 1] - x[group == 1].mean(0)).square().sum(1).mean().sqrt()
+    assert 0.7 * real < spread < 1.3 * real, (float(spread), float(real))
+    assert float(src.resid_std.mean()) < 1.5  # within-group residual, not the between-group gap
+
+
 # ------------------------------------------------------------------ the Gaussian closed form itself
 @pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
 def test_gaussian_marginal_velocity_is_the_regression_optimum(t):
