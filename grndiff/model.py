@@ -75,7 +75,7 @@ class GRNDiff:
                  source: str = "gaussian", time_schedule: str = "logit_normal", ot_pairing: bool = False,
                  lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100, ema_decay: float = 0.999,
                  token_aux_weight: float = 0.1, match_keys: list[str] | None = None, prediction: str | None = None,
-                 source_comps: int = 100, source_residual: float = 0.5, source_coupling: str = "independent",
+                 source_comps: int = 100, source_residual: float = 0.5, source_coupling: str = "lowrank",
                  **net_kwargs):
         unknown = set(net_kwargs) - set(_NET_KEYS)
         if unknown:

@@ -91,6 +91,8 @@ def test_lowrank_coupling_keeps_the_gaussian_low_rank_state(krumsiek):
     xs = torch.randn(32, krumsiek.n_vars, generator=torch.Generator().manual_seed(0))
     c = mod.source_dist.couple(xs, torch.ones(32, dtype=torch.long))
     torch.testing.assert_close((xs - c) @ W, torch.zeros(32, W.shape[1]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="ot_pairing"):  # OT would re-pair what the coupling built
+        GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, ot_pairing=True)
 
 
 def test_unknown_condition_is_a_clear_error(trained):
