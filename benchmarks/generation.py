@@ -369,7 +369,8 @@ def run_one(ds, method, seed, data, cfg, log):
     desc = f"{model!r}, batch {bs}"
     log(f"  {desc}; trained in {ts:.0f} s")
     # not clipped at 0, like the gaussian and pca_flow rows (energy_distance_clip0 scores the clipped cells)
-    gen = model.sample(len(cond_df), cond_df, n_steps=cfg["n_steps"], method="euler", seed=seed, clip=False)
+    gen = model.sample(len(cond_df), cond_df, n_steps=cfg["n_steps"], method="euler", seed=seed, clip=False,
+                       batch_size=bs * 4 if method.startswith("gene_tokens") else 1024)  # G² attention memory
     gen.obs["group"] = labels
     gen.obs.index = gen.obs.index.astype(str)
     return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), desc
@@ -419,7 +420,7 @@ def merge(paths, out_dir, command):
             if isinstance(v, list) and isinstance(extra.get(k), list):
                 extra[k] = extra[k] + [x for x in v if x not in extra[k]]
             elif isinstance(v, dict) and isinstance(extra.get(k), dict):
-                extra[k] = {**extra[k], **v}
+                extra[k] = {**v, **extra[k]}  # the first file's settings win, as for plain values
             else:
                 extra.setdefault(k, v)
         extra.setdefault("commands", []).append(obj["command"])
