@@ -61,8 +61,9 @@ class FlowModule(L.LightningModule):
         control cells, batch["x0"]).
     source_comps, source_residual
         ``k`` principal axes and the residual-noise scale of the Gaussian source. Untrained
-        (v ≡ 0) on kang2018 (seed 0, held-out cells, 30-PC energy distance) the source scored
-        0.25 with k = 30 and 0.12 with k = 100 (residual 0.5; residual 1.0: 0.21 and 0.15).
+        (v ≡ 0), one draw on kang2018's seed-0 split (held-out cells, 30-PC energy distance),
+        the source scored 0.25 with k = 30 and 0.12 with k = 100 (residual 0.5; residual 1.0:
+        0.21 and 0.15); over 3 splits the k = 100 source averages 0.11.
     source_coupling
         How training pairs source and data points under ``source="gaussian"``: ``"lowrank"``
         (default; ``x₀`` keeps ``x₁``'s top-``k`` coordinates, :meth:`GaussianSource.couple`, and
