@@ -82,7 +82,7 @@ CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
            "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random",
            # the same networks on the Gaussian's low-rank state (source_coupling="lowrank": the velocity is kept
-           # off the source's 30 axes, so the network learns only the gene-level residual given the low-rank draw)
+           # off the source's k axes, so the network learns only the gene-level residual given the low-rank draw)
            "mlp_lowrank", "gene_tokens_lowrank", "modules_only_lowrank", "grndiff_lowrank", "grndiff_lowrank_nomodules",
            "grndiff_lowrank_shuffled", "grndiff_lowrank_random")
 RENAME = {"wasserstein2": "w2"}
@@ -348,28 +348,23 @@ def run_one(ds, method, seed, data, cfg, log):
     # GRNDiff backbones
     train = adata[train_idx].copy()
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=keys, symbol_key=symbol_key)
-    if method == "gaussian_source":  # the flow's source alone (an untrained network outputs v ≡ 0)
-        t0 = time.time()
-        model = GRNDiff(train, prior=None, modules=None, backbone="mlp", hidden=8, depth=1,
-                        source_comps=cfg.get("source_comps", 100), source_residual=cfg.get("source_residual", 0.5))
-        ts = time.time() - t0
-        gen = model.sample(len(cond_df), cond_df, n_steps=1, seed=seed, clip=False)
-        gen.obs["group"] = labels
-        gen.obs.index = gen.obs.index.astype(str)
-        return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
-                f"GaussianSource(k={cfg.get('source_comps', 100)}, residual={cfg.get('source_residual', 0.5)}), untrained")
     bs = cfg["gene_tokens_batch"] if method.startswith("gene_tokens") else cfg["batch_size"]
+    comps, resid = cfg.get("source_comps", 100), cfg.get("source_residual", 0.5)
     t0 = time.time()
-    model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
-                           ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],
-                           prediction=cfg.get("prediction"), source=cfg.get("source", "noise"),
-                           coupling=cfg.get("coupling", "independent"), source_comps=cfg.get("source_comps", 100),
-                           source_residual=cfg.get("source_residual", 0.5))
+    if method == "gaussian_source":  # the flow's source alone (an untrained network outputs v ≡ 0)
+        model = GRNDiff(train, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_comps=comps,
+                        source_residual=resid)
+        n_steps, desc = 1, f"GaussianSource(k={comps}, residual={resid}), untrained"
+    else:
+        model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
+                               ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],
+                               prediction=cfg.get("prediction"), source=cfg.get("source", "noise"),
+                               coupling=cfg.get("coupling", "independent"), source_comps=comps, source_residual=resid)
+        n_steps, desc = cfg["n_steps"], f"{model!r}, batch {bs}"
     ts = time.time() - t0
-    desc = f"{model!r}, batch {bs}"
     log(f"  {desc}; trained in {ts:.0f} s")
     # not clipped at 0, like the gaussian and pca_flow rows (energy_distance_clip0 scores the clipped cells)
-    gen = model.sample(len(cond_df), cond_df, n_steps=cfg["n_steps"], method="euler", seed=seed, clip=False,
+    gen = model.sample(len(cond_df), cond_df, n_steps=n_steps, method="euler", seed=seed, clip=False,
                        batch_size=bs * 4 if method.startswith("gene_tokens") else 1024)  # G² attention memory
     gen.obs["group"] = labels
     gen.obs.index = gen.obs.index.astype(str)

@@ -241,9 +241,11 @@ def merge(paths, name="perturbation", out_dir=None):
     import json
     objs = [json.loads(open(p).read()) for p in paths]
     records = [r for o in objs for r in o["records"]]
-    config = {(o["config"]["parts_done"][0] + (f"@split{o['config']['first_split']}" if o["config"].get("first_split")
-                                               else "") if o["config"]["parts_done"] else f"run{i}"): o["config"]
-              for i, o in enumerate(objs)}
+    def key(i, cfg):  # "ds3", or "ds3@split1" for a run that added splits from split 1 on
+        if not cfg["parts_done"]:
+            return f"run{i}"
+        return cfg["parts_done"][0] + (f"@split{cfg['first_split']}" if cfg.get("first_split") else "")
+    config = {key(i, o["config"]): o["config"] for i, o in enumerate(objs)}
     notes = []
     for o in objs:
         notes += [n for n in o.get("notes", []) if n not in notes and not n.startswith("summary")]

@@ -122,7 +122,8 @@ class FlowModule(L.LightningModule):
         self.ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
         self.source_dist, self._radix = None, []
         if source == "gaussian":
-            self._radix = _group_radix(inputs.get("condition_specs", []), max_groups=max(50_000_000 // source_comps ** 2, 1))
+            self._radix = _group_radix(inputs.get("condition_specs", []),
+                                       max_groups=min(100_000, max(50_000_000 // source_comps ** 2, 1)))
             n_groups = int(torch.prod(torch.tensor([r for _, r in self._radix] or [1]))) + 1
             self.source_dist = flow.GaussianSource(inputs["n_genes"], n_groups, source_comps, source_residual)
 
@@ -239,10 +240,8 @@ class FlowModule(L.LightningModule):
         ``(x, t)``, so that equals guidance on velocities.
         """
         out = net.forward_with_cfg(x, t, cond, pert, guidance=guidance)
-        if self.hparams.get("prediction", "velocity") == "data":
-            tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
-            out = flow.velocity_from_data(out, x, tt.expand(x.shape[0]) if tt.dim() == 0 else tt)
-        return self._constrain(out)
+        tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        return self._as_velocity(out, x, tt.expand(x.shape[0]) if tt.dim() == 0 else tt)
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
@@ -323,7 +322,7 @@ def _group_radix(specs, max_groups: int = 100_000) -> list[tuple[str, int]]:
     total = 1
     for _, r in out:
         total *= max(r, 1)
-    return out if total <= min(max_groups, 100_000) else []
+    return out if total <= max_groups else []
 
 
 def _rng_state() -> dict:
