@@ -32,6 +32,15 @@ Methods (rows)
 ``grndiff_nocell``     ``grndiff`` without the global cell token (``cell_token=False``)
 ``grndiff_shuffled``   degree-preserving shuffle of CollecTRI (``priors.shuffle_edges``) + Hallmark
 ``grndiff_random``     uniform random graph with as many edges (``priors.random_graph``) + Hallmark
+``gaussian_source``    the GRNDiff source alone, untrained (v ≡ 0): per-group Gaussian on k = 100 axes
+                       of the training cells in log1p units, plus residual noise off those axes
+``*_independent``      the row with ``source_coupling="independent"`` (x₀ drawn afresh from the source)
+``*_scaled``           the row with ``source_space="scaled"`` (the source's axes found in per-gene
+                       standardised units)
+
+Every GRNDiff row (``mlp``, ``gene_tokens``, ``modules_only``, ``grndiff*``) uses the package
+defaults unless its name says otherwise: the Gaussian source with axes in log1p units and the
+low-rank coupling (the network learns each cell's residual off the source's k axes).
 
 Both null graphs are built from CollecTRI restricted to edges whose two ends are measured genes,
 and the random graph is drawn over the measured genes, so every graph has the same number of
@@ -78,13 +87,12 @@ from _results import RESULTS_DIR, command_string, record, records_to_markdown, v
 
 NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
-CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "mlp", "pca_flow")
+CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "gaussian_source_scaled", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
            "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random",
-           # the same networks on the Gaussian's low-rank state (source_coupling="lowrank": the velocity is kept
-           # off the source's k axes, so the network learns only the gene-level residual given the low-rank draw)
-           "mlp_lowrank", "gene_tokens_lowrank", "modules_only_lowrank", "grndiff_lowrank", "grndiff_lowrank_nomodules",
-           "grndiff_lowrank_shuffled", "grndiff_lowrank_random")
+           # the package's source options one at a time (every other GRNDiff row uses the defaults: Gaussian
+           # source with axes in log1p units, low-rank coupling)
+           "grndiff_independent", "mlp_independent", "grndiff_scaled", "gaussian_source_scaled")
 RENAME = {"wasserstein2": "w2"}
 METRIC_ORDER = ("energy_distance", "energy_distance_clip0", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
                 "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled", "train_seconds")
@@ -144,18 +152,27 @@ def _generated_anndata(X, labels, var, keys):
 
 
 # ============================================================================ generators
+def _source_options(method):
+    """(base method, source options) from a row name: ``*_independent`` trains with
+    ``source_coupling="independent"``, ``*_scaled`` fits the source's axes with ``source_space="scaled"``;
+    every other row uses the package defaults."""
+    opts = {}
+    if method.endswith("_independent"):
+        method, opts["source_coupling"] = method[: -len("_independent")], "independent"
+    if method.endswith("_scaled"):
+        method, opts["source_space"] = method[: -len("_scaled")], "scaled"
+    return method, opts
+
+
 def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, prior_sym, quick, prediction=None,
-                   source="gaussian", coupling="independent", source_comps=100, source_residual=0.5):
-    """Build and train one GRNDiff variant; returns the model. ``*_lowrank*`` names train the same
-    variant with ``source_coupling="lowrank"``."""
+                   source="gaussian", source_comps=100, source_residual=0.5):
+    """Build and train one GRNDiff variant; returns the model (see :func:`_source_options` for suffixes)."""
     from grndiff import GRNDiff, priors
 
-    if "_lowrank" in method:
-        method, coupling = method.replace("_lowrank", ""), "lowrank"
-
+    method, opts = _source_options(method)
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
-    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source, source_coupling=coupling,
-                source_comps=source_comps, source_residual=source_residual)
+    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source,
+                source_comps=source_comps, source_residual=source_residual, **opts)
     kw = {
         "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
         "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
@@ -351,15 +368,17 @@ def run_one(ds, method, seed, data, cfg, log):
     bs = cfg["gene_tokens_batch"] if method.startswith("gene_tokens") else cfg["batch_size"]
     comps, resid = cfg.get("source_comps", 100), cfg.get("source_residual", 0.5)
     t0 = time.time()
-    if method == "gaussian_source":  # the flow's source alone (an untrained network outputs v ≡ 0)
+    if method.startswith("gaussian_source"):  # the flow's source alone (an untrained network outputs v ≡ 0)
+        opts = _source_options(method)[1]
         model = GRNDiff(train, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_comps=comps,
-                        source_residual=resid)
-        n_steps, desc = 1, f"GaussianSource(k={comps}, residual={resid}), untrained"
+                        source_residual=resid, **opts)
+        n_steps = 1
+        desc = f"GaussianSource(k={comps}, residual={resid}, {opts.get('source_space', 'log')} axes), untrained"
     else:
         model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
                                ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],
-                               prediction=cfg.get("prediction"), source=cfg.get("source", "noise"),
-                               coupling=cfg.get("coupling", "independent"), source_comps=comps, source_residual=resid)
+                               prediction=cfg.get("prediction"), source=cfg.get("source", "gaussian"),
+                               source_comps=comps, source_residual=resid)
         n_steps, desc = cfg["n_steps"], f"{model!r}, batch {bs}"
     ts = time.time() - t0
     log(f"  {desc}; trained in {ts:.0f} s")
@@ -451,8 +470,6 @@ def main(argv=None) -> int:
     p.add_argument("--save-generated", default=None, help="also write every generated AnnData into this folder")
     p.add_argument("--source", default="gaussian", choices=("noise", "gaussian"),
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
-    p.add_argument("--coupling", default="independent", choices=("lowrank", "independent"),
-                   help="training coupling of the gaussian source")
     p.add_argument("--source-comps", type=int, default=100, help="principal axes k of the gaussian source")
     p.add_argument("--source-residual", type=float, default=0.5, help="residual-noise scale of the gaussian source")
     p.add_argument("--prediction", default=None, choices=("velocity", "data"),
@@ -516,7 +533,7 @@ def main(argv=None) -> int:
               "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
               "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds,
               "seeds_deep": args.deep_seeds, "quick": args.quick, "prediction": args.prediction,
-              "source": args.source, "coupling": args.coupling,
+              "source": args.source,
               "source_comps": args.source_comps, "source_residual": args.source_residual}
 
     def log(msg):

@@ -57,8 +57,9 @@ class GRNDiff:
         baseline and learns what it misses; see :class:`grndiff.flow.GaussianSource`) or
         ``"control"`` (transport control cells; needs ``perturbation_key``/``control`` or
         ``control_obs`` in setup).
-    source_comps, source_residual, source_coupling
-        Principal axes, residual-noise scale and training coupling of the ``"gaussian"`` source
+    source_comps, source_residual, source_coupling, source_space
+        Principal axes, residual-noise scale, training coupling and the space of the axes
+        (``"log"``: log1p units, or ``"scaled"``) of the ``"gaussian"`` source
         (see :class:`~grndiff.train.FlowModule`).
     time_schedule, ot_pairing, lr, weight_decay, warmup_steps, ema_decay, prediction
         Flow and optimiser options (see :class:`~grndiff.train.FlowModule`).
@@ -76,7 +77,7 @@ class GRNDiff:
                  lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100, ema_decay: float = 0.999,
                  token_aux_weight: float = 0.1, match_keys: list[str] | None = None, prediction: str | None = None,
                  source_comps: int = 100, source_residual: float = 0.5, source_coupling: str = "lowrank",
-                 **net_kwargs):
+                 source_space: str = "log", **net_kwargs):
         unknown = set(net_kwargs) - set(_NET_KEYS)
         if unknown:
             raise TypeError(f"unknown model options {sorted(unknown)}; architecture options are {list(_NET_KEYS)}")
@@ -89,7 +90,8 @@ class GRNDiff:
             "source": source, "time_schedule": time_schedule, "ot_pairing": ot_pairing, "lr": lr,
             "weight_decay": weight_decay, "warmup_steps": warmup_steps, "ema_decay": ema_decay,
             "token_aux_weight": token_aux_weight, "prediction": prediction, "source_comps": source_comps,
-            "source_residual": source_residual, "source_coupling": source_coupling, "match_keys": list(match_keys) if match_keys else None, "net_kwargs": dict(net_kwargs),
+            "source_residual": source_residual, "source_coupling": source_coupling,
+            "source_space": source_space, "match_keys": list(match_keys) if match_keys else None, "net_kwargs": dict(net_kwargs),
         }
         self.module = self._build_module()
         self._ensure_source(adata)  # an untrained model samples its source; train() refits on its training split
@@ -118,7 +120,8 @@ class GRNDiff:
         return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
                 "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
                 "condition_specs": self.processor.conditions.specs(),
-                "perturbation": self.processor.has_gene_perturbations}
+                "perturbation": self.processor.has_gene_perturbations,
+                "gene_scale": torch.as_tensor(self.processor.scaler.std, dtype=torch.float32)}
 
     def _build_module(self) -> FlowModule:
         c = self.config
@@ -127,7 +130,8 @@ class GRNDiff:
                           weight_decay=c["weight_decay"], warmup_steps=c["warmup_steps"], ema_decay=c["ema_decay"],
                           token_aux_weight=c.get("token_aux_weight", 0.1), prediction=c.get("prediction"),
                           source_comps=c.get("source_comps", 30), source_residual=c.get("source_residual", 0.5),
-                          source_coupling=c.get("source_coupling", "independent"))
+                          source_coupling=c.get("source_coupling", "independent"),
+                          source_space=c.get("source_space", "scaled"))  # saved before the option: scaled
 
     @property
     def var_names(self) -> list[str]:
@@ -436,7 +440,7 @@ def config_from_hparams(hp: dict, **extra) -> dict:
     """GRNDiff config from a :class:`~grndiff.train.FlowModule`'s hyper-parameters (CLI export)."""
     keys = ("backbone", "net_kwargs", "source", "time_schedule", "ot_pairing", "lr", "weight_decay",
             "warmup_steps", "ema_decay", "token_aux_weight", "prediction", "source_comps", "source_residual",
-            "source_coupling")
+            "source_coupling", "source_space")
     cfg = {k: hp.get(k) for k in keys if k in hp}
     cfg["net_kwargs"] = dict(cfg["net_kwargs"] or {})
     cfg.update({k: (v if isinstance(v, (str, type(None))) else _describe(v)) for k, v in extra.items()})

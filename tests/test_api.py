@@ -84,7 +84,11 @@ def test_lowrank_coupling_keeps_the_gaussian_low_rank_state(krumsiek):
     cond, pert, _ = model._encode_conditions({"cell_type": "Ery"}, 64)
     x0 = mod.draw_source(cond, 64, seed=0)
     x1 = mod.generate(x0, cond, pert, n_steps=6)
-    W = mod.source_dist.basis  # (G, k)
+    # the source's axes live in log1p units (source_space="log"): scaled data times the scaler's std
+    s = mod.source_dist.scale
+    torch.testing.assert_close(s, torch.as_tensor(model.processor.scaler.std, dtype=torch.float32))
+    assert s.std() > 0  # krumsiek's genes differ in spread: this is not the identity
+    W = mod.source_dist.basis * s[:, None]  # (G, k): coordinates of scaled data are (x * s) @ basis
     torch.testing.assert_close(x1 @ W, x0 @ W, atol=1e-4, rtol=1e-4)
     assert (x1 - x0).abs().max() > 1e-2  # the residual did move
     # the training target has no component on the k axes either
@@ -93,6 +97,10 @@ def test_lowrank_coupling_keeps_the_gaussian_low_rank_state(krumsiek):
     torch.testing.assert_close((xs - c) @ W, torch.zeros(32, W.shape[1]), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="ot_pairing"):  # OT would re-pair what the coupling built
         GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, ot_pairing=True)
+    with pytest.raises(ValueError, match="source_space"):
+        GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_space="pca")
+    plain = GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_space="scaled")
+    assert torch.equal(plain.module.source_dist.scale, torch.ones(krumsiek.n_vars))
 
 
 def test_unknown_condition_is_a_clear_error(trained):

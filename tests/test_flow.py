@@ -160,6 +160,49 @@ def test_gaussian_source_small_groups_do_not_inherit_the_spread_between_groups()
     assert float(src.resid_std.mean()) < 1.5  # within-group residual, not the between-group gap
 
 
+def test_gaussian_source_scale_finds_axes_in_scaled_units_and_keeps_noise_off_them():
+    """With a per-gene scale s the axes are principal in s ⊙ (x − μ) (log1p units in the model):
+    50 low-scale genes share a strong factor in standardised units, 5 high-scale genes a weaker one
+    that dominates once scaled. Noise and velocity projections are exact in the scaled space."""
+    from grndiff.flow import GaussianSource
+
+    g, n = _gen(3), 2000
+    f_noise, f_info = torch.randn(n, 1, generator=g), torch.randn(n, 1, generator=g)
+    x = torch.cat([0.6 * f_noise + 0.8 * torch.randn(n, 50, generator=g),  # standardised units
+                   0.9 * f_info + 0.45 * torch.randn(n, 5, generator=g)], 1)  # (n, 55)
+    s = torch.cat([torch.full((50,), 0.1), torch.full((5,), 2.0)])  # (55,) per-gene std: x·s is log1p
+    grp = torch.ones(n, dtype=torch.long)
+    plain = GaussianSource(55, n_groups=2, n_comps=1, residual=1.0).fit(x, grp)
+    scaled = GaussianSource(55, n_groups=2, n_comps=1, residual=1.0).fit(x, grp, scale=s)
+    assert float(plain.basis[50:].square().sum()) < 0.2  # standardised units: the 50-gene factor wins
+    assert float(scaled.basis[50:].square().sum()) > 0.9  # scaled units: the 5 informative genes
+    torch.testing.assert_close(scaled.scale, s)
+    W, mu = scaled.basis, scaled.mean[1]
+
+    def coords(d):  # coordinates on the axis in scaled units
+        return (d * s) @ W
+    x0 = scaled.sample(torch.ones(3000, dtype=torch.long), seed=0)
+    scaled.residual = 0.0
+    x0_lowrank = scaled.sample(torch.ones(3000, dtype=torch.long), seed=0)
+    scaled.residual = 1.0
+    torch.testing.assert_close(coords(x0 - mu), coords(x0_lowrank - mu), atol=1e-4, rtol=0)  # noise adds nothing
+    torch.testing.assert_close(coords(x0 - mu).var(), coords(x - mu).var(), rtol=0.1, atol=0)  # the axis' law
+    xc = scaled.couple(x[:100], grp[:100], generator=_gen(4))
+    torch.testing.assert_close(coords(xc - mu), coords(x[:100] - mu), atol=1e-4, rtol=0)
+    v = torch.randn(7, 55, generator=g)
+    off = scaled.project_off(v)
+    torch.testing.assert_close(coords(off), torch.zeros(7, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled.project_off(off), off, atol=1e-5, rtol=0)  # a projection
+    with pytest.raises(ValueError, match="positive"):
+        GaussianSource(55, n_groups=2, n_comps=1).fit(x, grp, scale=-s)
+    # a source saved before the scale existed loads with s = 1
+    state = {k: v for k, v in plain.state_dict().items() if k != "scale"}
+    old = GaussianSource(55, n_groups=2, n_comps=1)
+    old.scale.fill_(5.0)
+    old.load_state_dict(state)
+    assert torch.equal(old.scale, torch.ones(55))
+
+
 # ------------------------------------------------------------------ the Gaussian closed form itself
 @pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
 def test_gaussian_marginal_velocity_is_the_regression_optimum(t):

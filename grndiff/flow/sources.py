@@ -84,16 +84,25 @@ def sample_source(like: torch.Tensor | Sequence[int], source: str = "noise", x_c
 class GaussianSource(torch.nn.Module):
     r"""A data-dependent source: one Gaussian per condition group, fitted to the training cells.
 
-    ``x₀ = μ_c + W L_c z + r·ψ ⊙ ε`` with ``z ~ N(0, I_k)``, ``ε ~ N(0, I_G)``: ``μ_c`` the
-    group's mean (G,), ``W`` (G, k) the top-``k`` principal axes of all training cells, ``L_c``
-    the Cholesky factor of the group's covariance of PC scores (shrunk towards the pooled
-    within-group one when the group is small), ``ψ`` the per-gene within-group std left outside
-    the ``k`` axes, ``r`` the
-    ``residual`` scale. With a velocity network that outputs 0 at init the flow starts as this
-    per-group Gaussian — the strong low-rank baseline — and training only has to learn what the
-    Gaussian misses. A condition-dependent prior for diffusion is PriorGrad (Lee et al. 2022,
-    ICLR, arXiv:2106.06406); non-Gaussian sources coupled to the data are the stochastic
+    ``x₀ = μ_c + S⁻¹ W L_c z + (I − P)(r·ψ ⊙ ε)`` with ``z ~ N(0, I_k)``, ``ε ~ N(0, I_G)``:
+    ``μ_c`` the group's mean (G,); ``S = diag(s)`` a per-gene scale (``s`` = 1 by default; the
+    model passes the scaler's per-gene std, so ``S(x − μ)`` is the cell in log1p units); ``W``
+    (G, k) the top-``k`` principal axes of ``S(x − μ)`` over all training cells; ``L_c`` the
+    Cholesky factor of the group's covariance of those PC scores (shrunk towards the pooled
+    within-group one when the group is small); ``P = S⁻¹ W Wᵀ S`` the projection on the ``k``
+    axes (orthogonal in the ``S``-scaled space); ``ψ`` the per-gene within-group std left
+    outside the ``k`` axes; ``r`` the ``residual`` scale. The residual noise is kept off the
+    ``k`` axes, so a cell's PC scores are exactly its group's Gaussian draw. With a velocity
+    network that outputs 0 at init the flow starts as this per-group Gaussian — the strong
+    low-rank baseline — and training only has to learn what the Gaussian misses. A
+    condition-dependent prior for diffusion is PriorGrad (Lee et al. 2022, ICLR,
+    arXiv:2106.06406); non-Gaussian sources coupled to the data are the stochastic
     interpolants of Albergo et al. (2023, arXiv:2310.03725).
+
+    Why a scale: in per-gene standardised units thousands of barely-expressed genes weigh as
+    much as the informative ones, and the top axes spend themselves on them; in log1p units the
+    axes are the usual PCA of expression. On kang2018_ctrl (seed 0, k = 100, untrained source,
+    held-out cells, 30-PC energy distance) see ``benchmarks/results/generation.md``.
 
     Group ``0`` is every training cell (used for condition combinations never seen in training).
 
@@ -117,29 +126,37 @@ class GaussianSource(torch.nn.Module):
         self.register_buffer("basis", torch.zeros(n_genes, k))  # (G, k)
         self.register_buffer("chol", torch.eye(k).repeat(n_groups, 1, 1))  # (K, k, k)
         self.register_buffer("resid_std", torch.ones(n_genes))  # (G,)
+        self.register_buffer("scale", torch.ones(n_genes))  # (G,) s: the axes are principal in s ⊙ (x − μ)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, group: torch.Tensor) -> "GaussianSource":
+    def fit(self, x: torch.Tensor, group: torch.Tensor, scale: torch.Tensor | None = None) -> "GaussianSource":
         """Fit on training cells ``x`` (N, G) with group ids ``group`` (N,) in ``[1, n_groups)``
-        (0 or negative = no group; such cells count for group 0 only). Returns ``self``."""
+        (0 or negative = no group; such cells count for group 0 only). ``scale`` (G,), positive:
+        the principal axes are those of ``scale ⊙ (x − μ)`` (default: all ones). Returns ``self``."""
         N, G = x.shape
         x = x.double() if N * G <= 50_000_000 else x.float()  # float64 where it is cheap
         if G != self.n_genes:
             raise ValueError(f"x has {G} genes, the source was built for {self.n_genes}")
         if N < 2:
             raise ValueError("GaussianSource needs at least 2 training cells")
+        if scale is None:
+            s = torch.ones(G, dtype=x.dtype)
+        else:
+            s = torch.as_tensor(scale).to(dtype=x.dtype).reshape(-1)
+            if s.shape[0] != G or not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+                raise ValueError(f"scale must be {G} finite positive numbers (one per gene)")
         k = min(self.n_comps, N - 1, G)
         mu = x.mean(0)
         if min(N, G) > 4 * k + 100:  # randomised SVD (Halko et al. 2011): only k axes are needed
             with torch.random.fork_rng(devices=[]):  # its random probes must not move the global stream
                 torch.manual_seed(0)
-                _, _, V = torch.svd_lowrank(x - mu, q=k + 10, niter=4)
+                _, _, V = torch.svd_lowrank((x - mu) * s, q=k + 10, niter=4)
             W = V[:, :k]  # (G, k)
         else:
-            _, _, Vh = torch.linalg.svd(x - mu, full_matrices=False)
+            _, _, Vh = torch.linalg.svd((x - mu) * s, full_matrices=False)
             W = Vh[:k].T  # (G, k)
-        S = (x - mu) @ W  # (N, k)
+        S = ((x - mu) * s) @ W  # (N, k)
         pooled = torch.cov(S.T).reshape(k, k) + 1e-6 * torch.eye(k, dtype=x.dtype)  # all cells: group 0
         means = mu.repeat(self.n_groups, 1)
         centred = x - mu  # each cell minus its own group's mean (its group's, once known)
@@ -152,7 +169,7 @@ class GaussianSource(torch.nn.Module):
             m = x[sel].mean(0)
             means[gid] = m
             centred[sel] = x[sel] - m
-            Sg = centred[sel] @ W
+            Sg = (centred[sel] * s) @ W
             stats[gid] = (n, Sg.T @ Sg / max(n - 1, 1))
         if stats:  # pooled WITHIN-group covariance: the shrinkage target (the all-cell one adds the
             n_tot = sum(n for n, _ in stats.values())  # spread between groups to every group)
@@ -169,8 +186,9 @@ class GaussianSource(torch.nn.Module):
             shrunk = (n * emp + k * within) / (n + k)  # small groups lean on the pooled within-group covariance
             chols[gid, :k, :k] = torch.linalg.cholesky(shrunk + 1e-6 * torch.eye(k, dtype=x.dtype))
         # residual noise: what the k axes leave of each cell around its group's mean
-        resid = centred - (centred @ W) @ W.T
+        resid = centred - ((centred * s) @ W) @ W.T / s
         self.mean.copy_(means.float())
+        self.scale.copy_(s.float())
         self.basis.zero_()
         self.basis[:, :k] = W.float()
         self.chol.copy_(chols.float())
@@ -188,7 +206,7 @@ class GaussianSource(torch.nn.Module):
     def couple(self, x1: torch.Tensor, group: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Source points paired with data cells ``x1`` (B, G) for training ("low-rank coupling").
 
-        ``x₀ = μ_c + W Wᵀ (x₁ − μ_c) + r·ψ ⊙ ε``: ``x₀`` keeps ``x₁``'s coordinates on the
+        ``x₀ = μ_c + P(x₁ − μ_c) + (I − P)(r·ψ ⊙ ε)``: ``x₀`` keeps ``x₁``'s coordinates on the
         ``k`` principal axes and replaces the rest by the source's residual noise, so the flow
         only learns the gene-level residual of each cell given its low-rank state, which stays
         fixed along the path. At generation the low-rank coordinates come from the group's
@@ -199,16 +217,26 @@ class GaussianSource(torch.nn.Module):
         """
         group = self._groups(group)
         mu = self.mean[group].to(x1.dtype)  # (B, G)
-        W = self.basis.to(x1.dtype)  # (G, k)
-        low = ((x1 - mu) @ W) @ W.T  # (B, G)
+        low = self._lift(self._scores(x1 - mu))  # (B, G)
         eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         # the residual noise lives off the k axes too, so x₁ − x₀ has no component on them
         return mu + low + self.project_off(self.residual * self.resid_std.to(x1.dtype) * eps)
 
+    def _scores(self, d: torch.Tensor) -> torch.Tensor:
+        """Coordinates (B, k) of deviations ``d`` (B, G) on the ``k`` axes: ``Wᵀ S d``."""
+        return (d * self.scale.to(d.dtype)) @ self.basis.to(d.dtype)  # zero columns beyond the fitted k
+
+    def _lift(self, scores: torch.Tensor) -> torch.Tensor:
+        """Deviations (B, G) with coordinates ``scores`` (B, k) on the axes: ``S⁻¹ W scores``."""
+        return (scores @ self.basis.T.to(scores.dtype)) / self.scale.to(scores.dtype)
+
     def project_off(self, v: torch.Tensor) -> torch.Tensor:
-        """``v − W Wᵀ v``: ``v`` (B, G) with its component on the source's ``k`` axes removed."""
-        W = self.basis.to(v.dtype)  # (G, k), orthonormal columns (zero columns beyond the fitted k)
-        return v - (v @ W) @ W.T
+        """``(I − P) v``: ``v`` (B, G) with its component on the source's ``k`` axes removed."""
+        return v - self._lift(self._scores(v))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "scale", torch.ones(self.n_genes))  # saved before the scale existed
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def sample(self, group: torch.Tensor, seed: int | None = None, generator: torch.Generator | None = None,
                device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -224,5 +252,6 @@ class GaussianSource(torch.nn.Module):
         else:
             z = torch.randn(B, k + self.n_genes, generator=generator, device=self.mean.device)
         scores = torch.einsum("bij,bj->bi", self.chol[group], z[:, :k])  # (B, k)
-        x0 = self.mean[group] + scores @ self.basis.T + self.residual * self.resid_std * z[:, k:]  # (B, G)
+        noise = self.project_off(self.residual * self.resid_std * z[:, k:])  # off the k axes, as in couple()
+        x0 = self.mean[group] + self._lift(scores) + noise  # (B, G)
         return x0.to(device=device or self.mean.device, dtype=dtype)

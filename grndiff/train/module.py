@@ -64,6 +64,11 @@ class FlowModule(L.LightningModule):
         (v ≡ 0), one draw on kang2018's seed-0 split (held-out cells, 30-PC energy distance),
         the source scored 0.25 with k = 30 and 0.12 with k = 100 (residual 0.5; residual 1.0:
         0.21 and 0.15); over 3 splits the k = 100 source averages 0.11.
+    source_space
+        Where the Gaussian source finds its ``k`` principal axes: ``"log"`` (default; in log1p
+        units, i.e. the scaled data times ``inputs["gene_scale"]``, the scaler's per-gene std: the
+        usual PCA of expression) or ``"scaled"`` (in per-gene standardised units, where every gene
+        weighs the same). Without ``inputs["gene_scale"]`` both are the same.
     source_coupling
         How training pairs source and data points under ``source="gaussian"``: ``"lowrank"``
         (default; ``x₀`` keeps ``x₁``'s top-``k`` coordinates, :meth:`GaussianSource.couple`, and
@@ -99,7 +104,7 @@ class FlowModule(L.LightningModule):
                  sigma: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
                  max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1,
                  prediction: str | None = None, source_comps: int = 100, source_residual: float = 0.5,
-                 source_coupling: str = "lowrank"):
+                 source_coupling: str = "lowrank", source_space: str = "log"):
         super().__init__()
         if prediction is None:
             prediction = "velocity"
@@ -110,6 +115,8 @@ class FlowModule(L.LightningModule):
                              "from the data module, the Python API builds them for you.")
         if source_coupling not in ("lowrank", "independent"):
             raise ValueError(f"source_coupling must be 'lowrank' or 'independent', got {source_coupling!r}")
+        if source_space not in ("log", "scaled"):
+            raise ValueError(f"source_space must be 'log' or 'scaled', got {source_space!r}")
         if source not in ("noise", "control", "gaussian"):
             raise ValueError(f"source must be 'noise', 'gaussian' or 'control', got {source!r}")
         if ot_pairing and source == "gaussian" and source_coupling == "lowrank":
@@ -165,7 +172,10 @@ class FlowModule(L.LightningModule):
                 break
         if not xs:
             raise ValueError("source='gaussian' needs training cells to fit the source, but the training loader is empty")
-        self.source_dist.fit(torch.cat(xs), torch.cat(gs))
+        scale = None
+        if self.hparams.get("source_space", "scaled") == "log" and self.inputs.get("gene_scale") is not None:
+            scale = torch.as_tensor(self.inputs["gene_scale"], dtype=torch.float32)  # scaled → log1p units
+        self.source_dist.fit(torch.cat(xs), torch.cat(gs), scale=scale)
         self.source_dist.to(self.device)
 
     def on_fit_start(self) -> None:
