@@ -116,6 +116,15 @@ def test_predict_counterfactual(trained, krumsiek):
     assert np.array_equal(ctrl.X, before.X)  # input untouched
 
 
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(config):
+    """A misspelt key in a shipped config fails here, not after a user's data has loaded."""
+    r = subprocess.run([sys.executable, "-m", "grndiff.cli", "fit", "--config", f"configs/{config}", "--print_config"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "model:" in r.stdout and "data:" in r.stdout
+
+
 def test_cli_fast_dev_run_and_sample(tmp_path):
     r = subprocess.run([sys.executable, "-m", "grndiff.cli", "fit", "--config", "configs/tiny.yaml",
                         "--trainer.fast_dev_run=true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
