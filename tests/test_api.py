@@ -71,6 +71,14 @@ def test_gaussian_source_starts_at_the_group_gaussian_and_round_trips(krumsiek, 
     loaded = GRNDiff.load(tmp_path / "g")
     a = model.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4)
     assert np.array_equal(a.X, loaded.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4).X)
+    # a model saved before `source_space` existed (no config key, no `scale` buffer) loads as "scaled"
+    payload = torch.load(tmp_path / "g" / "model.pt", weights_only=True)
+    del payload["config"]["source_space"], payload["state_dict"]["source_dist.scale"]
+    torch.save(payload, tmp_path / "g" / "model.pt")
+    old = GRNDiff.load(tmp_path / "g")
+    assert old.module.hparams.source_space == "scaled"
+    assert torch.equal(old.module.source_dist.scale, torch.ones(krumsiek.n_vars))
+    assert old.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4).shape == (10, krumsiek.n_vars)
 
 
 def test_lowrank_coupling_keeps_the_gaussian_low_rank_state(krumsiek):

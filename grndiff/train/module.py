@@ -60,25 +60,23 @@ class FlowModule(L.LightningModule):
         groups = combinations of the categorical conditions) or ``"control"`` (x₀ = paired
         control cells, batch["x0"]).
     source_comps, source_residual
-        ``k`` principal axes and the residual-noise scale of the Gaussian source. Untrained
-        (v ≡ 0), one draw on kang2018's seed-0 split (held-out cells, 30-PC energy distance),
-        the source scored 0.25 with k = 30 and 0.12 with k = 100 (residual 0.5; residual 1.0:
-        0.21 and 0.15); over 3 splits the k = 100 source averages 0.11.
+        ``k`` principal axes and the residual-noise scale of the Gaussian source (defaults 100
+        and 0.5; measured choices in ``benchmarks/results/generation_source_v2.md``).
     source_space
         Where the Gaussian source finds its ``k`` principal axes: ``"log"`` (default; in log1p
         units, i.e. the scaled data times ``inputs["gene_scale"]``, the scaler's per-gene std: the
         usual PCA of expression) or ``"scaled"`` (in per-gene standardised units, where every gene
-        weighs the same). Without ``inputs["gene_scale"]`` both are the same.
+        weighs the same). Without ``inputs["gene_scale"]`` both are the same. Untrained (v ≡ 0),
+        seed-0 split, held-out cells, 30-PC energy distance: log 0.139 vs scaled 0.181 on
+        kang2018, 0.077 vs 0.213 on kang2018_ctrl (``benchmarks/results/generation.md``).
     source_coupling
         How training pairs source and data points under ``source="gaussian"``: ``"lowrank"``
         (default; ``x₀`` keeps ``x₁``'s top-``k`` coordinates, :meth:`GaussianSource.couple`, and
         the velocity is projected off those ``k`` axes: a generated cell's low-rank state is the
         Gaussian's draw and the network learns only the gene-level residual given it) or
         ``"independent"`` (``x₀`` drawn afresh from the group's Gaussian; the network must also
-        keep the low-rank state, and its errors there add spread and group drift). On kang2018
-        (seed 0, 1,000 steps, k = 100) the graph model scored energy distance 0.195 with the
-        low-rank coupling, next to 0.171 for its untrained source and 0.15 for the per-group
-        Gaussian baseline; see ``benchmarks/results/generation.md`` for the independent coupling.
+        keep the low-rank state, and its errors there add spread and group drift; see
+        ``benchmarks/results/generation.md``, row ``grndiff_independent``).
     time_schedule
         ``"logit_normal"`` (Esser et al. 2024) or ``"uniform"``.
     ot_pairing
