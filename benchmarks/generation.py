@@ -423,8 +423,8 @@ def write(records, command, extra, out_dir):
     return json_path, md_path
 
 
-def merge(paths, out_dir, command):
-    records, extra = [], {}
+def merge(paths, out_dir, command, notes=()):
+    records, extra = [], {"notes": list(notes)} if notes else {}
     for p in paths:
         obj = json.loads(Path(p).read_text())
         records += obj["records"]
@@ -467,6 +467,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     p.add_argument("--merge", nargs="+", default=None, help="combine partial result JSONs into --out")
+    p.add_argument("--note", action="append", default=[], help="with --merge: a note to put first (repeatable)")
     p.add_argument("--save-generated", default=None, help="also write every generated AnnData into this folder")
     p.add_argument("--source", default="gaussian", choices=("noise", "gaussian"),
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
@@ -481,7 +482,7 @@ def main(argv=None) -> int:
     command = command_string()
     out_dir = Path(args.out) if args.out else RESULTS_DIR
     if args.merge:
-        for path in merge(args.merge, out_dir, command):
+        for path in merge(args.merge, out_dir, command, args.note):
             print(f"wrote {path}")
         return 0
 

@@ -48,3 +48,23 @@ def test_real_vs_real_below_gaussian(quick_result):
     ed = {r["method"]: r["value"] for r in obj["records"]
           if r["metric"] == "energy_distance" and r["group"] == "all"}
     assert ed["real_vs_real"] < ed["gaussian"]
+
+
+def test_merge_keeps_the_first_run_of_a_row_and_puts_notes_first(quick_result, tmp_path):
+    obj, _ = quick_result
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(obj))
+    changed = dict(obj, config={"steps": -1}, notes=["from b"],
+                   records=[dict(r, value=123.0) for r in obj["records"]]  # the same rows, other values
+                   + [dict(r, method="grndiff_extra") for r in obj["records"] if r["method"] == "grndiff"])
+    second.write_text(json.dumps(changed))
+    out = tmp_path / "merged"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--merge", str(first), str(second), "--out", str(out),
+                          "--note", "merged for a test"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    merged = json.loads((out / "generation.json").read_text())
+    assert merged["notes"][0] == "merged for a test" and "from b" in merged["notes"]
+    assert merged["config"] == obj["config"]  # the first file's settings win
+    assert 123.0 not in {r["value"] for r in merged["records"]}  # a row run twice: the first file's
+    assert {r["method"] for r in merged["records"]} == {"real_vs_real", "gaussian", "grndiff", "grndiff_extra"}
+    assert "| grndiff_extra |" in (out / "generation.md").read_text()
