@@ -424,20 +424,31 @@ def write(records, command, extra, out_dir):
 
 
 def merge(paths, out_dir, command, notes=()):
-    records, extra = [], {"notes": list(notes)} if notes else {}
+    """Combine partial runs: records (a row run twice keeps the first file's), notes and model
+    descriptions (union), and the ``config`` settings that every run shares; settings that differ
+    between runs are named in ``config_differs`` (each run's own are in its command)."""
+    records, extra, configs = [], {"notes": list(notes)} if notes else {}, []
     for p in paths:
         obj = json.loads(Path(p).read_text())
         records += obj["records"]
         for k, v in obj.items():
-            if k in ("command", "commit", "machine", "records"):
+            if k in ("command", "commit", "machine", "records", "wall_seconds"):  # per run, not per merge
                 continue
-            if isinstance(v, list) and isinstance(extra.get(k), list):
+            if k == "config":
+                configs.append(v)
+            elif isinstance(v, list) and isinstance(extra.get(k), list):
                 extra[k] = extra[k] + [x for x in v if x not in extra[k]]
             elif isinstance(v, dict) and isinstance(extra.get(k), dict):
-                extra[k] = {**v, **extra[k]}  # the first file's settings win, as for plain values
+                extra[k] = {**v, **extra[k]}  # the first file's entries win
             else:
                 extra.setdefault(k, v)
         extra.setdefault("commands", []).append(obj["command"])
+    if configs:
+        keys = sorted({k for c in configs for k in c})
+        extra["config"] = {k: configs[0][k] for k in keys if all(k in c and c[k] == configs[0][k] for c in configs)}
+        differs = [k for k in keys if k not in extra["config"]]
+        if differs:
+            extra["config_differs"] = differs
     seen, unique = set(), []  # a (data set, method, seed) run twice: keep the first file's
     for r in records:
         key = (r["dataset"], r["method"], r["seed"], r["group"], r["metric"])

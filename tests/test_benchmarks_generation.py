@@ -54,7 +54,7 @@ def test_merge_keeps_the_first_run_of_a_row_and_puts_notes_first(quick_result, t
     obj, _ = quick_result
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     first.write_text(json.dumps(obj))
-    changed = dict(obj, config={"steps": -1}, notes=["from b"],
+    changed = dict(obj, config=dict(obj["config"], steps=-1), notes=["from b"],
                    records=[dict(r, value=123.0) for r in obj["records"]]  # the same rows, other values
                    + [dict(r, method="grndiff_extra") for r in obj["records"] if r["method"] == "grndiff"])
     second.write_text(json.dumps(changed))
@@ -64,7 +64,8 @@ def test_merge_keeps_the_first_run_of_a_row_and_puts_notes_first(quick_result, t
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     merged = json.loads((out / "generation.json").read_text())
     assert merged["notes"][0] == "merged for a test" and "from b" in merged["notes"]
-    assert merged["config"] == obj["config"]  # the first file's settings win
+    assert "steps" not in merged["config"] and merged["config_differs"] == ["steps"]  # not one run's value
+    assert merged["config"] == {k: v for k, v in obj["config"].items() if k != "steps"}
     assert 123.0 not in {r["value"] for r in merged["records"]}  # a row run twice: the first file's
     assert {r["method"] for r in merged["records"]} == {"real_vs_real", "gaussian", "grndiff", "grndiff_extra"}
     assert "| grndiff_extra |" in (out / "generation.md").read_text()
