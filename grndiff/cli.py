@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
 
 
 class AnnDataModule(L.LightningDataModule):
@@ -62,12 +61,8 @@ class AnnDataModule(L.LightningDataModule):
 
     @property
     def model_inputs(self) -> dict:
-        g = self.graph
-        return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
-                "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
-                "condition_specs": self.processor.conditions.specs(),
-                "perturbation": self.processor.has_gene_perturbations,
-                "gene_scale": torch.as_tensor(self.processor.scaler.std, dtype=torch.float32)}  # scaled → log1p
+        from .model import module_inputs
+        return module_inputs(self.graph, self.processor)
 
     def export_state(self, model_hparams: dict) -> dict:
         from .model import config_from_hparams

@@ -115,17 +115,9 @@ class GRNDiff:
         return GeneGraph.from_prior(prior, list(adata.var_names), symbols=symbols, organism=organism,
                                     modules=modules, **kw)
 
-    def _inputs(self) -> dict:
-        g = self.graph
-        return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
-                "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
-                "condition_specs": self.processor.conditions.specs(),
-                "perturbation": self.processor.has_gene_perturbations,
-                "gene_scale": torch.as_tensor(self.processor.scaler.std, dtype=torch.float32)}
-
     def _build_module(self) -> FlowModule:
         c = self.config
-        return FlowModule(self._inputs(), backbone=c["backbone"], net_kwargs=c["net_kwargs"], source=c["source"],
+        return FlowModule(module_inputs(self.graph, self.processor), backbone=c["backbone"], net_kwargs=c["net_kwargs"], source=c["source"],
                           time_schedule=c["time_schedule"], ot_pairing=c["ot_pairing"], lr=c["lr"],
                           weight_decay=c["weight_decay"], warmup_steps=c["warmup_steps"], ema_decay=c["ema_decay"],
                           token_aux_weight=c.get("token_aux_weight", 0.1), prediction=c.get("prediction"),
@@ -434,6 +426,18 @@ class GRNDiff:
     def to(self, device) -> "GRNDiff":
         self.module.to(device)
         return self
+
+
+def module_inputs(graph: GeneGraph, processor: ExpressionProcessor) -> dict:
+    """The data-derived ``inputs`` of :class:`~grndiff.train.FlowModule` (sizes, graph, condition
+    vocabularies, and ``gene_scale`` (G,), the scaler's per-gene std: scaled data → log1p units);
+    shared by the Python API and the CLI's data module."""
+    g = graph
+    return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
+            "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
+            "condition_specs": processor.conditions.specs(),
+            "perturbation": processor.has_gene_perturbations,
+            "gene_scale": torch.as_tensor(processor.scaler.std, dtype=torch.float32)}
 
 
 def config_from_hparams(hp: dict, **extra) -> dict:
