@@ -153,14 +153,14 @@ def _generated_anndata(X, labels, var, keys):
 
 # ============================================================================ generators
 def _source_options(method):
-    """(base method, source options) from a row name: ``*_independent`` trains with
-    ``source_coupling="independent"``, ``*_scaled`` fits the source's axes with ``source_space="scaled"``;
+    """(base method, Gaussian-source options) from a row name: ``*_independent`` trains with
+    ``coupling="independent"``, ``*_scaled`` fits the source's axes with ``space="scaled"``;
     every other row uses the package defaults."""
     opts = {}
     if method.endswith("_independent"):
-        method, opts["source_coupling"] = method[: -len("_independent")], "independent"
+        method, opts["coupling"] = method[: -len("_independent")], "independent"
     if method.endswith("_scaled"):
-        method, opts["source_space"] = method[: -len("_scaled")], "scaled"
+        method, opts["space"] = method[: -len("_scaled")], "scaled"
     return method, opts
 
 
@@ -171,8 +171,8 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
 
     method, opts = _source_options(method)
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
-    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction, source=source,
-                source_comps=source_comps, source_residual=source_residual, **opts)
+    src = {"name": "gaussian", "k": source_comps, "residual": source_residual, **opts} if source == "gaussian" else source
+    base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction or "velocity", source=src)
     kw = {
         "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
         "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
@@ -370,10 +370,10 @@ def run_one(ds, method, seed, data, cfg, log):
     t0 = time.time()
     if method.startswith("gaussian_source"):  # the flow's source alone (an untrained network outputs v ≡ 0)
         opts = _source_options(method)[1]
-        model = GRNDiff(train, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_comps=comps,
-                        source_residual=resid, **opts)
+        model = GRNDiff(train, prior=None, modules=None, backbone="mlp", hidden=8, depth=1,
+                        source={"name": "gaussian", "k": comps, "residual": resid, **opts})
         n_steps = 1
-        desc = f"GaussianSource(k={comps}, residual={resid}, {opts.get('source_space', 'log')} axes), untrained"
+        desc = f"GaussianSource(k={comps}, residual={resid}, {opts.get('space', 'log')} axes), untrained"
     else:
         model = _train_grndiff(train, method, steps=cfg["steps"], seed=seed, batch_size=bs, lr=cfg["lr"],
                                ema_decay=cfg["ema_decay"], prior_sym=prior_sym, quick=cfg["quick"],

@@ -31,41 +31,40 @@ class AnnDataModule(L.LightningDataModule):
         Regulatory graph and gene sets (shipped names, paths, or ``null``).
     """
 
-    def __init__(self, dataset: str = "kang2018", layer: str | None = None, condition_keys: list[str] | None = None,
-                 continuous_keys: list[str] | None = None, perturbation_key: str | None = None,
-                 control: str = "control", symbol_key: str | None = None, prior: str | None = "collectri",
-                 modules: str | None = "hallmark", organism: str = "human", add_reverse: bool = False,
-                 batch_size: int = 128, val_fraction: float = 0.1, split_seed: int = 0,
-                 stratify_key: str | None = None, source: str = "noise", match_keys: list[str] | None = None,
-                 num_workers: int = 0):
+    def __init__(self, dataset: str = "kang2018", layer: str | None = None, kind: str | None = None,
+                 condition_keys: list[str] | None = None, continuous_keys: list[str] | None = None,
+                 set_keys: list[str] | None = None, hierarchy: list[str] | None = None,
+                 perturbation_key: str | None = None, control: str = "control", control_obs: dict | None = None,
+                 symbol_key: str | None = None, prior: str | None = "collectri", modules: str | None = "hallmark",
+                 organism: str = "human", add_reverse: bool = False, batch_size: int = 128,
+                 val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
+                 match_keys: list[str] | None = None, num_workers: int = 0):
         super().__init__()
         from .data import ExpressionProcessor, setup_anndata
         from .graph import GeneGraph
 
         self.save_hyperparameters()
         adata = load_adata(dataset)
-        setup_anndata(adata, layer=layer, condition_keys=condition_keys, continuous_keys=continuous_keys,
-                      perturbation_key=perturbation_key, control=control, symbol_key=symbol_key)
+        setup_anndata(adata, layer=layer, kind=kind, condition_keys=condition_keys, continuous_keys=continuous_keys,
+                      set_keys=set_keys, hierarchy=hierarchy, perturbation_key=perturbation_key, control=control,
+                      control_obs=control_obs, symbol_key=symbol_key)
         self.adata = adata
         self.processor = ExpressionProcessor().fit(adata)
-        symbols = adata.var[symbol_key].astype(str).tolist() if symbol_key else None
-        import pandas as pd
-        prior_df = prior if prior is not None else pd.DataFrame({"source": [], "target": [], "weight": []})
         if prior == "krumsiek11":  # the toy data set's own network (configs/tiny.yaml)
             from .datasets import krumsiek11_network
-            prior_df = krumsiek11_network()
-        self.graph = GeneGraph.from_prior(prior_df, list(adata.var_names), symbols=symbols, organism=organism,
-                                          modules=modules, add_reverse=add_reverse,
-                                          **({"allow_empty": True} if prior is None else {}))
+            prior = krumsiek11_network()
+        self.graph = GeneGraph.for_anndata(adata, prior, modules, symbol_key=symbol_key, organism=organism,
+                                           add_reverse=add_reverse)
+        self.with_controls = False  # set from the model's source by GRNDiffCLI before fitting
         self._inner = None
 
     @property
     def model_inputs(self) -> dict:
-        from .model import module_inputs
-        return module_inputs(self.graph, self.processor)
+        from .train.inputs import module_inputs
+        return module_inputs(self.graph, self.processor, self.hparams.match_keys)
 
     def export_state(self, model_hparams: dict) -> dict:
-        from .model import config_from_hparams
+        from .train.inputs import config_from_hparams
         from .data import get_setup
         hp = self.hparams
         cfg = config_from_hparams(model_hparams, prior=hp.prior, modules=hp.modules, organism=hp.organism,
@@ -79,7 +78,8 @@ class AnnDataModule(L.LightningDataModule):
             hp = self.hparams
             self._inner = GRNDataModule(self.processor.prepare(self.adata), self.processor.scaler, self.adata.obs,
                                         batch_size=hp.batch_size, val_fraction=hp.val_fraction,
-                                        split_seed=hp.split_seed, stratify_key=hp.stratify_key, source=hp.source,
+                                        split_seed=hp.split_seed, stratify_key=hp.stratify_key,
+                                        source="control" if self.with_controls else "noise",
                                         match_keys=hp.match_keys, control_mask=self.processor.control_mask(self.adata),
                                         num_workers=hp.num_workers)
         return self._inner
@@ -122,6 +122,7 @@ def _cli_class():
                                 help="directory to save the trained model for `grndiff sample` (GRNDiff.save)")
 
         def before_fit(self):
+            self.datamodule.with_controls = self.model.source.needs_control  # the data follow the model
             self.model.export_state = self.datamodule.export_state(dict(self.model.hparams))
 
         def after_fit(self):

@@ -13,6 +13,9 @@ licences, separate from the BSD-3 code:
   (2011) Hierarchical differentiation of myeloid progenitors is encoded in the transcription
   factor network. *PLoS ONE* 6:e22649; simulation and file as shipped by scanpy (Wolf et al. 2018,
   *Genome Biology* 19:15; BSD-3).
+- ``papalexi2021``: Papalexi et al. (2021) Characterizing the molecular regulation of inhibitory
+  immune checkpoints with multimodal single-cell screens. *Nature Genetics* 53:322. THP-1 CRISPR
+  knock-outs under IFN-γ, 299 genes, via the sceptredata R package (Katsevich lab; MIT).
 """
 from __future__ import annotations
 
@@ -191,3 +194,48 @@ def krumsiek11_network() -> pd.DataFrame:
     Licence BSD-3 (scanpy's ``sim_models/krumsiek11.txt`` coupling list); Krumsiek et al. 2011.
     """
     return pd.read_csv(_path("krumsiek11_grn_long.csv"))
+
+
+#: The knock-outs of Papalexi et al. 2021 that move many of the 299 genes (IFN-γ pathway).
+PAPALEXI_STRONG = ("IFNGR1", "IFNGR2", "JAK2", "STAT1", "IRF1")
+
+
+def papalexi2021(keep_unassigned: bool = False):
+    """THP-1 cells under IFN-γ in a pooled CRISPR knock-out screen (ECCITE-seq; Papalexi et al. 2021).
+
+    Parameters
+    ----------
+    keep_unassigned
+        Keep the 4,636 cells whose guides did not pass the assignment rule
+        (``obs["perturbation"] == "unassigned"``); dropped by default.
+
+    Returns
+    -------
+    anndata.AnnData
+        16,093 cells × 299 genes (20,729 with ``keep_unassigned``), gene symbols in ``var_names``.
+
+        - ``X`` and ``layers["counts"]``: raw UMI counts (float32, sparse CSR).
+        - ``obs["perturbation"]``: ``control`` (1,912 non-targeting cells) or the knocked-out gene
+          (25 genes, 33–1,056 cells each); ``obs["bio_rep"]``; guide-assignment columns.
+        - ``var["is_perturbation_target"]``: the 9 knocked-out genes that are measured (CMTM6,
+          IFNGR2, JAK2, NFKBIA, STAT1, STAT2, STAT3, TNFRSF14, UBE2L6). A knock-out of a gene
+          that is not measured cannot be a node intervention of a grndiff model.
+        - ``obsm["grna_counts"]`` (cells × 110 gRNAs), names in ``uns["grna_names"]``.
+
+    Notes
+    -----
+    Licence MIT (sceptredata, Katsevich lab, 2024: ``data/lowmoi_example_data.rda``, converted);
+    data from Papalexi E. et al. 2021, *Nat. Genet.* 53:322–331, GEO GSE153056. The genes were
+    downsampled to 299 by the sceptredata authors, so library sizes cover these genes only.
+    Guides were assigned with sceptre's low-MOI "maximum" rule (top gRNA > 80 % of a cell's gRNA
+    UMIs and ≥ 5 gRNA UMIs). The strong knock-outs (IFNGR1/2, JAK2, STAT1, IRF1:
+    :data:`PAPALEXI_STRONG`) shift 17–22 of the 299 genes by more than 0.2 log units; most others
+    move little.
+    """
+    a = _read("papalexi2021_thp1_crisprko_299genes.h5ad")
+    if not keep_unassigned:
+        a = a[a.obs["perturbation"].astype(str) != "unassigned"].copy()
+    a.X = a.layers["counts"].astype(np.float32)
+    a.layers["counts"] = a.X.copy()
+    a.obs["perturbation"] = _category(a.obs["perturbation"])
+    return a

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from . import priors as _priors
+from .priors.coexpression import knn_edges
 
 log = logging.getLogger("grndiff")
 
@@ -228,7 +229,7 @@ class GeneGraph:
             if expression is None:
                 raise ValueError("isolated='knn' needs expression=... (cells × genes, e.g. adata.X) to find "
                                  "co-expressed genes; or use isolated='self_loop'.")
-            parts.append((*_knn_edges(expression, np.flatnonzero(~touched), knn_k, G), EDGE_KNN))
+            parts.append((*knn_edges(expression, np.flatnonzero(~touched), knn_k, G), EDGE_KNN))
         elif isolated != "self_loop":
             raise ValueError(f"isolated must be 'self_loop' or 'knn', got {isolated!r}")
         if self_loops:
@@ -259,6 +260,25 @@ class GeneGraph:
         return graph
 
     # ------------------------------------------------------- serialisation
+    @classmethod
+    def for_anndata(cls, adata, prior="collectri", modules=None, *, symbol_key: str | None = None,
+                    organism: str = "human", **kw) -> "GeneGraph":
+        """The graph of a registered AnnData, as the Python API and the CLI build it.
+
+        ``prior`` may also be a ``GeneGraph`` (checked against ``adata.var_names``) or ``None``
+        (self-loops and modules only); ``symbol_key`` names the ``var`` column matched instead of
+        ``var_names``; ``kw`` go to :meth:`from_prior`.
+        """
+        if isinstance(prior, GeneGraph):
+            if list(prior.genes) != list(map(str, adata.var_names)):
+                raise ValueError("the GeneGraph's genes differ from adata.var_names; build it with "
+                                 "GeneGraph.from_prior(prior, adata.var_names)")
+            return prior
+        symbols = adata.var[symbol_key].astype(str).tolist() if symbol_key else None
+        if prior is None:
+            prior, kw = pd.DataFrame({"source": [], "target": [], "weight": []}), {"allow_empty": True, **kw}
+        return cls.from_prior(prior, list(adata.var_names), symbols=symbols, organism=organism, modules=modules, **kw)
+
     def to_state(self) -> dict:
         """Plain tensors, lists and numbers: safe for ``torch.load(..., weights_only=True)``."""
         coverage = {k: v for k, v in self.coverage.items() if isinstance(v, (bool, int, float, str))}
@@ -355,42 +375,3 @@ def _membership(modules, lookup: _Lookup, G: int, organism: str, lo: int, hi: in
                          f"overlap is {best}); lower min_module_size=, or check that the gene sets use the same "
                          "gene names (symbols=) and organism= as your data.")
     return np.stack(cols, axis=1), names, int(n_sets - len(names))  # (G, P)
-
-
-def _knn_edges(expression, targets: np.ndarray, k: int, G: int, chunk: int = 512):
-    """In-edges ``j → i`` for each gene ``i`` in ``targets`` from its ``k`` most |Pearson|-correlated genes.
-
-    Works on sparse counts without densifying: cov(X_j, X_i) = E[X_j X_i] − E[X_j] E[X_i].
-    """
-    from scipy import sparse
-
-    X = sparse.csc_matrix(expression, dtype=np.float64) if sparse.issparse(expression) \
-        else np.asarray(expression, dtype=np.float64)  # (B, G)
-    if X.ndim != 2 or X.shape[1] != G:
-        raise ValueError(f"expression must be cells × genes with {G} gene columns (same order as var_names), "
-                         f"got shape {X.shape}")
-    B = X.shape[0]
-    mean = np.asarray(X.mean(axis=0)).ravel()  # (G,)
-    sq = X.multiply(X) if sparse.issparse(X) else X * X
-    sd = np.sqrt(np.maximum(np.asarray(sq.mean(axis=0)).ravel() - mean**2, 0.0))  # (G,)
-    J, I, S, W = [], [], [], []
-    for start in range(0, len(targets), chunk):
-        t = targets[start:start + chunk]
-        cross = X.T @ X[:, t]  # (G, T)
-        cross = cross.toarray() if sparse.issparse(cross) else np.asarray(cross)
-        cov = cross / B - np.outer(mean, mean[t])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            corr = cov / np.outer(sd, sd[t])
-        corr[~np.isfinite(corr)] = 0.0
-        corr[t, np.arange(len(t))] = 0.0  # no self-neighbour
-        kk = min(k, G - 1)
-        if kk <= 0:
-            break
-        top = np.argpartition(-np.abs(corr), kk - 1, axis=0)[:kk]  # (k, T)
-        for col, i in enumerate(t):
-            for jj in top[:, col]:
-                c = corr[jj, col]
-                if c != 0.0:
-                    J.append(jj); I.append(i); S.append(np.sign(c)); W.append(abs(c))
-    return (np.asarray(J, dtype=np.int64), np.asarray(I, dtype=np.int64), np.asarray(S, dtype=float),
-            np.asarray(W, dtype=float))

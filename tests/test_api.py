@@ -58,10 +58,10 @@ def test_save_load_round_trip_identical_samples(trained, tmp_path):
 
 def test_gaussian_source_starts_at_the_group_gaussian_and_round_trips(krumsiek, tmp_path):
     model = GRNDiff(krumsiek, prior=gd.datasets.krumsiek11_network(), modules=None, hidden=16, depth=1,
-                    source="gaussian", source_comps=5, source_residual=1.0, lr=1e-12, warmup_steps=1)
+                    source={"name": "gaussian", "k": 5, "residual": 1.0}, lr=1e-12, warmup_steps=1)
     assert model.module.hparams.prediction == "velocity"  # v ≡ 0 at init: the flow starts as the source
     model.train(max_steps=2, max_epochs=10, batch_size=64, val_fraction=0.0, progress_bar=False)
-    assert bool(model.module.source_dist.fitted)
+    assert model.module.source.fitted
     X = krumsiek.X.toarray() if hasattr(krumsiek.X, "toarray") else np.asarray(krumsiek.X)
     for ct in ("Ery", "Mk"):
         gen = model.sample(3000, {"cell_type": ct}, n_steps=2, seed=0, clip=False)
@@ -71,44 +71,57 @@ def test_gaussian_source_starts_at_the_group_gaussian_and_round_trips(krumsiek, 
     loaded = GRNDiff.load(tmp_path / "g")
     a = model.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4)
     assert np.array_equal(a.X, loaded.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4).X)
-    # a model saved before `source_space` existed (no config key, no `scale` buffer) loads as "scaled"
+    # a format-1 model saved before `source_space` existed (flat config, no `scale` buffer) loads as "scaled"
     payload = torch.load(tmp_path / "g" / "model.pt", weights_only=True)
-    del payload["config"]["source_space"], payload["state_dict"]["source_dist.scale"]
+    cfg = payload["config"]
+    payload["config"] = {"backbone": cfg["backbone"], "prior": cfg["prior"], "modules": cfg["modules"],
+                         "organism": cfg["organism"], "match_keys": None, "source": "gaussian", "source_comps": 5,
+                         "source_residual": 1.0, "source_coupling": "lowrank", **cfg["options"],
+                         "net_kwargs": {"hidden": 16, "depth": 1}}
+    payload["state_dict"] = {k.replace("source.dist.", "source_dist."): v for k, v in payload["state_dict"].items()
+                             if k not in ("source.dist.scale", "source._fitted")}
+    payload["format_version"] = 1
     torch.save(payload, tmp_path / "g" / "model.pt")
     old = GRNDiff.load(tmp_path / "g")
-    assert old.module.hparams.source_space == "scaled"
-    assert torch.equal(old.module.source_dist.scale, torch.ones(krumsiek.n_vars))
+    assert old.module.hparams.source == {"name": "gaussian", "k": 5, "residual": 1.0, "coupling": "lowrank",
+                                         "space": "scaled"}
+    assert torch.equal(old.module.source.dist.scale, torch.ones(krumsiek.n_vars))
     assert old.sample(10, {"cell_type": "Mo"}, n_steps=3, seed=4).shape == (10, krumsiek.n_vars)
 
 
 def test_lowrank_coupling_keeps_the_gaussian_low_rank_state(krumsiek):
-    """source_coupling='lowrank': training pairs keep x₁'s k coordinates and the velocity is projected
+    """The Gaussian source's low-rank coupling: training pairs keep x₁'s k coordinates and the velocity is projected
     off the k axes, so a generated cell sits exactly at its source draw on them and moves off them."""
     model = GRNDiff(krumsiek, prior=gd.datasets.krumsiek11_network(), modules=None, hidden=16, depth=1,
-                    token_depth=0, source="gaussian", source_comps=3, source_coupling="lowrank", lr=3e-3,
+                    token_depth=0, source=gd.flow.GaussianSource(k=3, coupling="lowrank"), lr=3e-3,
                     warmup_steps=5)
     model.train(max_steps=40, max_epochs=100, batch_size=64, val_fraction=0.0, progress_bar=False)
     mod = model.module
-    cond, pert, _ = model._encode_conditions({"cell_type": "Ery"}, 64)
-    x0 = mod.draw_source(cond, 64, seed=0)
+    cond, pert, _ = model.processor.conditions.request({"cell_type": "Ery"}, 64)
+    x0 = mod.source.draw(64, cond, pert, seed=0)
     x1 = mod.generate(x0, cond, pert, n_steps=6)
-    # the source's axes live in log1p units (source_space="log"): scaled data times the scaler's std
-    s = mod.source_dist.scale
+    # the source's axes live in log1p units (space="log"): scaled data times the scaler's std
+    s = mod.source.dist.scale
     torch.testing.assert_close(s, torch.as_tensor(model.processor.scaler.std, dtype=torch.float32))
     assert s.std() > 0  # krumsiek's genes differ in spread: this is not the identity
-    W = mod.source_dist.basis * s[:, None]  # (G, k): coordinates of scaled data are (x * s) @ basis
+    W = mod.source.dist.basis * s[:, None]  # (G, k): coordinates of scaled data are (x * s) @ basis
     torch.testing.assert_close(x1 @ W, x0 @ W, atol=1e-4, rtol=1e-4)
     assert (x1 - x0).abs().max() > 1e-2  # the residual did move
     # the training target has no component on the k axes either
     xs = torch.randn(32, krumsiek.n_vars, generator=torch.Generator().manual_seed(0))
-    c = mod.source_dist.couple(xs, torch.ones(32, dtype=torch.long))
+    c = mod.source.dist.couple(xs, torch.ones(32, dtype=torch.long))
     torch.testing.assert_close((xs - c) @ W, torch.zeros(32, W.shape[1]), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="ot_pairing"):  # OT would re-pair what the coupling built
         GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, ot_pairing=True)
-    with pytest.raises(ValueError, match="source_space"):
-        GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_space="pca")
-    plain = GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source_space="scaled")
-    assert torch.equal(plain.module.source_dist.scale, torch.ones(krumsiek.n_vars))
+    with pytest.raises(ValueError, match="space"):
+        GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1,
+                source={"name": "gaussian", "space": "pca"})
+    with pytest.raises(TypeError, match="unknown options"):
+        GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1,
+                source={"name": "gaussian", "comps": 3})
+    plain = GRNDiff(krumsiek, prior=None, modules=None, backbone="mlp", hidden=8, depth=1,
+                    source={"name": "gaussian", "space": "scaled"})
+    assert torch.equal(plain.module.source.dist.scale, torch.ones(krumsiek.n_vars))
 
 
 def test_unknown_condition_is_a_clear_error(trained):
@@ -116,11 +129,13 @@ def test_unknown_condition_is_a_clear_error(trained):
         trained.sample(5, {"cell_type": "Bcell"})
 
 
-def test_predict_counterfactual(trained, krumsiek):
+def test_predict_on_a_generative_source_is_a_clear_error(trained, krumsiek):
+    """A Gaussian-source model cannot transport: predict() used to return the control cells
+    almost unchanged; now it says what to set."""
     ctrl = krumsiek[krumsiek.obs["cell_type"] == "Mo"][:30].copy()
     before = ctrl.copy()
-    pred = trained.predict(ctrl, {"cell_type": "Ery"}, n_steps=10)
-    assert pred.shape == ctrl.shape and (pred.obs["cell_type"] == "Ery").all()
+    with pytest.raises(ValueError, match="source='shifted_control'"):
+        trained.predict(ctrl, {"cell_type": "Ery"}, n_steps=10)
     assert np.array_equal(ctrl.X, before.X)  # input untouched
 
 

@@ -77,3 +77,16 @@ def test_shipped_files_stay_small_and_are_documented(path):
     assert path.stat().st_size < 8 * 2**20, f"{path.name} is over 8 MB"
     if path.name != "README.md":
         assert path.name in (DATA / "README.md").read_text()
+
+
+def test_papalexi2021_drops_unassigned_cells_and_keeps_counts():
+    a = datasets.papalexi2021()
+    assert a.shape == (16093, 299)
+    lab = a.obs["perturbation"].astype(str)
+    assert "unassigned" not in set(lab) and (lab == "control").sum() == 1912
+    assert len(set(lab) - {"control"}) == 25 and (lab == "STAT1").sum() == 322
+    X = a.layers["counts"]
+    assert X.dtype == np.float32 and float((X.data % 1).max()) == 0.0  # raw integer UMIs
+    assert set(a.var_names[a.var["is_perturbation_target"].to_numpy()]) == {
+        "CMTM6", "IFNGR2", "JAK2", "NFKBIA", "STAT1", "STAT2", "STAT3", "TNFRSF14", "UBE2L6"}
+    assert datasets.papalexi2021(keep_unassigned=True).n_obs == 20729

@@ -116,7 +116,7 @@ def test_gaussian_source_matches_group_moments_falls_back_and_is_seeded():
     mu1, mu2 = torch.randn(G, generator=g), torch.randn(G, generator=g) + 3
     x1, x2 = draw(mu1, torch.tensor([3.0, 1.0, 0.5])), draw(mu2, torch.tensor([0.5, 2.0, 1.0]))
     x, grp = torch.cat([x1, x2]), torch.cat([torch.full((n,), 1), torch.full((n,), 2)])
-    src = flow.GaussianSource(G, n_groups=3, n_comps=k, residual=1.0)
+    src = flow.PerGroupGaussian(G, n_groups=3, n_comps=k, residual=1.0)
     with pytest.raises(RuntimeError, match="not fitted"):
         src.sample(torch.ones(2, dtype=torch.long))
     src.fit(x, grp)
@@ -145,7 +145,7 @@ def test_gaussian_source_small_groups_do_not_inherit_the_spread_between_groups()
     """Shrinkage pulls a small group's covariance towards the pooled WITHIN-group one and the residual
     noise is taken around each group's mean: groups 20 SD apart, unit spread inside, must sample with
     unit spread (shrinking towards the all-cell covariance gave them the 20-SD gap as spread)."""
-    from grndiff.flow import GaussianSource
+    from grndiff.flow import PerGroupGaussian as GaussianSource
 
     g, G, k = _gen(0), 40, 5
     centres = torch.zeros(3, G)
@@ -164,7 +164,7 @@ def test_gaussian_source_scale_finds_axes_in_scaled_units_and_keeps_noise_off_th
     """With a per-gene scale s the axes are principal in s ⊙ (x − μ) (log1p units in the model):
     50 low-scale genes share a strong factor in standardised units, 5 high-scale genes a weaker one
     that dominates once scaled. Noise and velocity projections are exact in the scaled space."""
-    from grndiff.flow import GaussianSource
+    from grndiff.flow import PerGroupGaussian as GaussianSource
 
     g, n = _gen(3), 2000
     f_noise, f_info = torch.randn(n, 1, generator=g), torch.randn(n, 1, generator=g)
@@ -245,19 +245,26 @@ def test_time_samplers_support_moments_and_seeding():
 
 
 # ------------------------------------------------------------------ sources
-def test_sample_source_noise_and_control():
+def test_source_objects_noise_control_and_registry():
+    noise = flow.make_source("noise").build(3)
     x1 = torch.zeros(5, 3, dtype=torch.float64)
-    x0 = flow.sample_source(x1, generator=_gen(0))
+    x0 = noise.pair(x1, {}, None, None, generator=_gen(0))
     assert x0.shape == (5, 3) and x0.dtype == torch.float64
-    assert flow.sample_source((4, 2)).shape == (4, 2)
+    assert torch.equal(noise.draw(4, seed=1), flow.seeded_noise((4, 3), 1))
+    ctrl_src = flow.make_source({"name": "control"}).build(3)
     ctrl = torch.randn(5, 3, dtype=torch.float64)
-    assert torch.equal(flow.sample_source(x1, "control", x_control=ctrl), ctrl)
-    with pytest.raises(ValueError, match="x_control"):
-        flow.sample_source(x1, "control")
+    assert torch.equal(ctrl_src.pair(x1, {}, None, ctrl), ctrl) and torch.equal(ctrl_src.transport(ctrl), ctrl)
+    with pytest.raises(KeyError, match="paired control"):
+        ctrl_src.pair(x1, {}, None, None)
     with pytest.raises(ValueError, match="shape"):
-        flow.sample_source(x1, "control", x_control=ctrl[:4])
-    with pytest.raises(ValueError, match="source"):
-        flow.sample_source(x1, "uniform")
+        ctrl_src.pair(x1, {}, None, ctrl[:4])
+    with pytest.raises(ValueError, match="source must be one of"):
+        flow.make_source("uniform")
+    with pytest.raises(ValueError, match="cannot transport"):  # predict() on a generator says what to set
+        flow.make_source("gaussian").transport(ctrl)
+    g = flow.GaussianSource(k=2, residual=0.3)
+    assert flow.make_source(g) is g and flow.make_source(g.config()).config() == g.config()
+    assert g.config() == {"name": "gaussian", "k": 2, "residual": 0.3, "coupling": "lowrank", "space": "log"}
 
 
 def test_seeded_noise_is_bitwise_reproducible_and_leaves_global_rng_alone():
@@ -282,8 +289,6 @@ def test_exact_ot_equals_brute_force_and_beats_identity():
         brute = min(_cost(x0, x1, list(p)) for p in itertools.permutations(range(5)))
         assert _cost(x0, x1, idx) == pytest.approx(brute, rel=1e-6)
         assert _cost(x0, x1, idx) <= _cost(x0, x1, torch.arange(5)) + 1e-9
-    x0p, x1p = flow.ot_pair(x0, x1)
-    assert torch.equal(x0p, x0[idx]) and torch.equal(x1p, x1)
 
 
 def test_exact_ot_in_one_dimension_is_the_sorted_matching():
@@ -427,32 +432,6 @@ def test_progress_bars_run(capsys):
     for method in ("euler", "heun", "dopri5"):
         quiet = flow.sample_ode(f, x0, method=method, n_steps=3)
         assert torch.equal(flow.sample_ode(f, x0, method=method, n_steps=3, progress=True), quiet)
-
-
-# ------------------------------------------------------------------ guidance
-def test_cfg_weights():
-    vc, vu = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0])
-    torch.testing.assert_close(flow.cfg_velocity(vc, vu, 0.0), vu)
-    torch.testing.assert_close(flow.cfg_velocity(vc, vu, 1.0), vc)
-    torch.testing.assert_close(flow.cfg_velocity(vc, vu, 2.0), torch.tensor([2.0, 3.0]))
-    torch.testing.assert_close(flow.cfg_velocity(vc, vu, 0.5), (vc + vu) / 2)
-
-
-def test_guided_callable():
-    def fc(x, t):
-        return x + 1
-
-    def fu(x, t):
-        return x
-    assert flow.guided(fc, fu, 1.0) is fc and flow.guided(fc, fu, 0.0) is fu  # one evaluation, not two
-    x, t = torch.zeros(2, 3), torch.zeros(2)
-    torch.testing.assert_close(flow.guided(fc, fu, 3.0)(x, t), torch.full((2, 3), 3.0))
-    # guiding two Gaussian fields with w = 1 / 0 reproduces each target exactly
-    a, b = _gaussian_velocity(torch.tensor([2.0]), 0.5), _gaussian_velocity(torch.tensor([-1.0]), 0.5)
-    x0 = flow.seeded_noise((100, 1), seed=0)
-    for w, mu in ((1.0, 2.0), (0.0, -1.0)):
-        out = flow.sample_ode(flow.guided(a, b, w), x0, method="heun", n_steps=20)
-        assert (out - (mu + 0.5 * x0)).abs().max() < 1e-2
 
 
 def test_flow_is_pure_torch():

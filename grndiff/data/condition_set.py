@@ -103,6 +103,23 @@ class ConditionSet:
             return None
         return self.perturbation.encode(self._column(obs, self.perturbation.name))
 
+    def request(self, conditions, n: int) -> tuple[dict, "torch.Tensor | None", pd.DataFrame]:
+        """:meth:`encode_dict` for a generation request, as tensors, with the obs to report.
+
+        ``conditions`` is a ``{key: value}`` dict (scalars broadcast to ``n``) or a DataFrame of
+        ``n`` rows. Returns ``cond`` ``{name: (n,...) tensor}``, ``pert`` (n, S) or ``None``, ``obs``.
+        """
+        import torch
+
+        conditions = {} if conditions is None else conditions
+        if isinstance(conditions, pd.DataFrame):
+            if len(conditions) != n:
+                raise ValueError(f"conditions has {len(conditions)} rows but n_cells={n}")
+            conditions = {k: conditions[k].to_numpy() for k in conditions.columns}
+        cond, pert = self.encode_dict(conditions, n)
+        obs = pd.DataFrame({k: (np.repeat(v, n) if np.ndim(v) == 0 else np.asarray(v)) for k, v in conditions.items()})
+        return ({k: torch.as_tensor(v) for k, v in cond.items()}, None if pert is None else torch.as_tensor(pert), obs)
+
     def encode_dict(self, conditions: dict | None, n: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Conditions for ``n`` cells to generate.
 

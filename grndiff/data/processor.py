@@ -197,6 +197,30 @@ class ExpressionProcessor:
         return None
 
     # ----------------------------------------------------------------- state
+    def to_anndata(self, x_scaled: np.ndarray, obs, uns: dict, *, clip: bool = True, library_size: float | None = None,
+                   seed: int = 0):
+        """Cells in the scaled space (B, G) → an AnnData of log1p-normalised values (clipped at 0
+        when ``clip``), ``obs`` categoricals, ``uns["grndiff"] = uns``, and, with ``library_size``,
+        a Poisson ``layers["counts"]`` at that depth."""
+        import anndata as ad
+        import pandas as pd
+
+        X = self.scaler.inverse(np.asarray(x_scaled)).astype(np.float32)
+        if clip:
+            X = np.clip(X, 0.0, None)  # log1p-normalised values are ≥ 0
+        obs = obs.copy()
+        if obs.index.dtype != object or not len(obs.index) or obs.index[0] == 0:
+            obs.index = [f"gen-{i}" for i in range(X.shape[0])]
+        for k in obs.columns:
+            if obs[k].dtype == object:
+                obs[k] = pd.Categorical(obs[k].astype(str))
+        out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(list(self.genes), dtype=str)))
+        out.uns["grndiff"] = uns
+        if library_size is not None:
+            rate = np.expm1(np.clip(X, 0.0, None)) / self.target_sum * library_size
+            out.layers["counts"] = np.random.default_rng(seed).poisson(rate).astype(np.float32)
+        return out
+
     def to_state(self) -> dict:
         """Plain types and tensors only: loadable with ``torch.load(weights_only=True)``."""
         self._check_fitted()

@@ -115,19 +115,3 @@ def ot_pair_indices(x0: torch.Tensor, x1: torch.Tensor, condition_groups: torch.
         src = _exact(sub) if method == "exact" else _sinkhorn(sub, reg, generator)
         idx[members] = members[torch.as_tensor(src)]
     return idx.to(x0.device)
-
-
-def ot_pair(x0: torch.Tensor, x1: torch.Tensor, condition_groups: torch.Tensor | None = None, *,
-            method: str = "exact", reg: float = 0.05, generator: torch.Generator | None = None,
-            groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-pair a batch by minibatch OT; see :func:`ot_pair_indices` for the parameters.
-
-    Returns
-    -------
-    x0_paired : (B, G)
-        ``x0[idx]``: the source assigned to each data cell.
-    x1 : (B, G)
-        Unchanged (row order, hence conditions, preserved).
-    """
-    idx = ot_pair_indices(x0, x1, condition_groups, method=method, reg=reg, generator=generator, groups=groups)
-    return x0[idx], x1

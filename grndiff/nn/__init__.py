@@ -7,10 +7,11 @@ from .embed import GeneEmbedder, TimestepEmbedder
 from .graph_attention import GraphAttention
 from .pooling import ModulePooling
 from .transformer import GRNTransformer
+from .velocity import VelocityField
 
 __all__ = [
     "AdaLNBlock", "ConditionEmbedder", "ConditionSpec", "FinalLayer", "FullAttention", "GRNTransformer",
     "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "MLPVelocity", "ModulePooling",
-    "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "gene_token_transformer", "modulate",
+    "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "VelocityField", "gene_token_transformer", "modulate",
     "modules_only",
 ]

@@ -14,6 +14,7 @@ from .blocks import Mlp, modulate
 from .conditions import ConditionEmbedder, PerturbationEmbedder
 from .embed import TimestepEmbedder
 from .transformer import GRNTransformer
+from .velocity import VelocityField
 
 
 class _ResBlock(nn.Module):
@@ -30,7 +31,7 @@ class _ResBlock(nn.Module):
         return h + gate * self.mlp(modulate(self.norm(h).unsqueeze(1), shift, scale).squeeze(1))
 
 
-class MLPVelocity(nn.Module):
+class MLPVelocity(VelocityField):
     """Residual MLP velocity on the whole vector: (B, G) → (B, G).
 
     Parameters
@@ -46,7 +47,7 @@ class MLPVelocity(nn.Module):
     """
 
     def __init__(self, n_genes: int, condition_specs=(), *, hidden: int = 512, depth: int = 3,
-                 perturbation: bool = False, cond_dropout: float = 0.1, **_ignored):
+                 perturbation: bool = False, cond_dropout: float = 0.1):
         super().__init__()
         self.n_genes = n_genes
         self.inp = nn.Linear(n_genes, hidden)
@@ -60,13 +61,8 @@ class MLPVelocity(nn.Module):
         nn.init.zeros_(self.out.weight)  # zero-init: v ≡ 0 at init
         nn.init.zeros_(self.out.bias)
 
-    @property
-    def condition_specs(self):
-        return self.cond_embed.specs
-
-    def forward(self, x, t, cond=None, pert=None, *, force_drop=None, return_tokens=False):
+    def velocity(self, x, t, cond, pert, force_drop):
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(B) if torch.as_tensor(t).dim() == 0 else t
         c = self.t_embed(t) + self.cond_embed(cond, B, device=x.device, force_drop=force_drop)  # (B, D)
         if self.pert_embed is not None and pert is not None:
             c = c + self.pert_embed(pert, self.gene_identity)[1]
@@ -74,9 +70,7 @@ class MLPVelocity(nn.Module):
         for blk in self.blocks:
             h = blk(h, c)
         v = self.out(self.norm(h))  # (B, G)
-        return (v, {}) if return_tokens else v
-
-    forward_with_cfg = GRNTransformer.forward_with_cfg
+        return v, {}
 
 
 def gene_token_transformer(n_genes: int, condition_specs=(), **kw) -> GRNTransformer:

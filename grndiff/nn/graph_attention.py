@@ -197,20 +197,6 @@ class GraphAttention(nn.Module):
             y = _dynamic_aggregate(alpha, layout, v)  # (B, G, H, d)
         return self.out(y.reshape(B, G, D))
 
-    def dense_weights(self, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention as a dense matrix for tests and plots: (H, G, G) shared or (B, H, G, G) dynamic,
-        entry ``[..., i, j]`` = weight of source ``j`` in target ``i`` (sign gain included)."""
-        gain = self.sign_gain[self.sign_idx]
-        if self.mode == "shared":
-            alpha = (self.shared_weights() * gain).T  # (H, E)
-            out = torch.zeros(self.heads, self.n_genes, self.n_genes, dtype=alpha.dtype, device=alpha.device)
-            out[:, self.dst, self.src] = alpha
-            return out
-        alpha = (self.dynamic_weights(x) * gain).permute(0, 2, 1)  # (B, H, E)
-        out = torch.zeros(x.shape[0], self.heads, self.n_genes, self.n_genes, dtype=alpha.dtype, device=x.device)
-        out[:, :, self.dst, self.src] = alpha
-        return out
-
 
 # ------------------------------------------------------------------ sparse kernels
 # torch's generic sparse autograd goes through COO and materialises per-edge products, and its CPU

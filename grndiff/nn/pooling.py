@@ -29,7 +29,7 @@ class ModulePooling(nn.Module):
     """
 
     def __init__(self, n_genes: int, hidden: int, membership: torch.Tensor | None = None,
-                 n_learned: int = 0, init_from_prior: bool = False, temperature: float = 1.0):
+                 n_learned: int = 0, init_from_prior: bool = False):
         super().__init__()
         if membership is None and n_learned == 0:
             raise ValueError("ModulePooling needs a prior membership (G, P) or n_learned > 0")
@@ -42,7 +42,6 @@ class ModulePooling(nn.Module):
             self.register_buffer("membership", None)
         self.n_prior = 0 if membership is None else membership.shape[1]
         self.n_learned = n_learned
-        self.temperature = temperature
         if n_learned:
             logits = torch.randn(n_genes, n_learned) * 0.01
             if init_from_prior:
@@ -66,7 +65,7 @@ class ModulePooling(nn.Module):
         if self.membership is not None:
             parts.append(self.membership)
         if self.assign_logits is not None:
-            parts.append(torch.softmax(self.assign_logits / self.temperature, dim=-1))
+            parts.append(torch.softmax(self.assign_logits, dim=-1))
         return torch.cat(parts, dim=1)  # (G, P)
 
     def pool_weights(self, S: torch.Tensor | None = None) -> torch.Tensor:

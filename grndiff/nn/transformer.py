@@ -18,9 +18,10 @@ from .blocks import FinalLayer, GraphDiTBlock, TokenBlock
 from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder
 from .embed import GeneEmbedder, TimestepEmbedder
 from .pooling import ModulePooling
+from .velocity import VelocityField
 
 
-class GRNTransformer(nn.Module):
+class GRNTransformer(VelocityField):
     """Graph transformer velocity field over one shared gene graph.
 
     Parameters
@@ -117,10 +118,6 @@ class GRNTransformer(nn.Module):
             self.pooling, self.token_blocks = None, nn.ModuleList()
         self.final = FinalLayer(hidden)
 
-    @property
-    def condition_specs(self) -> list[ConditionSpec]:
-        return self.cond_embed.specs
-
     def conditioning(self, t: torch.Tensor, cond, pert, B: int, force_drop=None):
         c = self.t_embed(t) + self.cond_embed(cond, B, device=t.device, force_drop=force_drop)  # (B, D)
         node = None
@@ -129,20 +126,9 @@ class GRNTransformer(nn.Module):
             c = c + glob
         return c, node
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None,
-                pert: torch.Tensor | None = None, *, force_drop: torch.Tensor | None = None,
-                return_tokens: bool = False):
-        """Velocity at ``x`` (B, G), time ``t`` (B,) or scalar.
-
-        Returns
-        -------
-        v : (B, G); with ``return_tokens=True`` also a dict with ``tokens`` (B, P, D) and
-        ``activity`` (B, P) (empty dict without module pooling).
-        """
-        B, G = x.shape
-        if G != self.n_genes:
-            raise ValueError(f"x has {G} genes, the model was built for {self.n_genes}")
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(B) if torch.as_tensor(t).dim() == 0 else t
+    def velocity(self, x, t, cond, pert, force_drop):
+        """See :meth:`VelocityField.velocity`: ``v`` (B, G) and the module tokens (B, P, D), if any."""
+        B = x.shape[0]
         c, node = self.conditioning(t, cond, pert, B, force_drop)
         if self.cell_embed is not None:
             c = c + self.cell_embed(x)  # (B, D) global state of the cell
@@ -157,25 +143,11 @@ class GRNTransformer(nn.Module):
             for tb in self.token_blocks:
                 tok = tb(tok, c)
             h = h + self.pooling.unpool(tok)  # (B, G, D)
-            if return_tokens:
-                extras = {"tokens": tok, "activity": self.pooling.activity(tok)}
+            extras = {"tokens": tok, "activity": self.pooling.activity(tok)}
         for blk in self.blocks_post:
             h = blk(h, c)
         v = self.final(h, c).squeeze(-1)  # (B, G)
-        return (v, extras) if return_tokens else v
-
-    def forward_with_cfg(self, x, t, cond=None, pert=None, guidance: float = 1.0) -> torch.Tensor:
-        """Classifier-free guidance, both halves in one batch: ``v_u + w (v_c − v_u)`` → (B, G)."""
-        if guidance == 1.0 or not self.condition_specs:
-            return self(x, t, cond, pert)
-        B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(B) if torch.as_tensor(t).dim() == 0 else t
-        cond2 = {k: torch.cat([v, v]) for k, v in cond.items()}
-        drop = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(x.device)
-        pert2 = None if pert is None else torch.cat([pert, pert])
-        v = self(torch.cat([x, x]), torch.cat([t, t]), cond2, pert2, force_drop=drop)
-        v_c, v_u = v.chunk(2)
-        return v_u + guidance * (v_c - v_u)
+        return v, extras
 
     def graph_layers(self) -> list:
         """The GraphAttention modules, in order (for interpretation plots)."""

@@ -1,7 +1,7 @@
 """Training: the LightningModule, EMA and callbacks (the data module lives in grndiff.data)."""
 from .checkpoint import AtomicCheckpointIO, safe_load
-from .callbacks import LossHistory, SampleValidation
+from .callbacks import LossHistory
 from .ema import EMA
-from .module import BACKBONES, FlowModule, build_backbone
+from .module import BACKBONES, FlowModule, build_backbone, register_backbone
 
-__all__ = ["AtomicCheckpointIO", "safe_load", "BACKBONES", "EMA", "FlowModule", "LossHistory", "SampleValidation", "build_backbone"]
+__all__ = ["AtomicCheckpointIO", "safe_load", "BACKBONES", "EMA", "FlowModule", "LossHistory", "build_backbone", "register_backbone"]

@@ -52,3 +52,94 @@ def safe_load(path, map_location="cpu") -> dict[str, Any]:
             f"refusing to load {path}: it is truncated, corrupted, or contains objects other than tensors "
             f"and plain Python types ({type(e).__name__}: {str(e)[:300]}). grndiff never unpickles code from "
             "checkpoints; retrain or re-save the model with this version of grndiff.") from e
+
+
+# ------------------------------------------------------------------ GRNDiff model files
+FORMAT = "grndiff-model"
+FORMAT_VERSION = 2  # 2: config {"source": {...}, "options": {...}, "seed"}; state dict key "source.*"
+
+
+def write_model_file(payload: dict, dir_path, overwrite: bool = False) -> Path:
+    """Write ``payload`` (tensors and plain types) atomically to ``dir_path/model.pt``; returns the folder."""
+    d = Path(dir_path)
+    if d.exists() and any(d.iterdir()) and not overwrite:
+        raise FileExistsError(f"{d} exists and is not empty; pass overwrite=True to replace it")
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600
+        os.replace(tmp, d / "model.pt")  # atomic on POSIX: never a truncated model.pt
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return d
+
+
+def write_model_dir(payload: dict, dir_path, overwrite: bool = False) -> Path:
+    """A saved model folder: ``model.pt`` (the payload, atomically) and a readable ``config.json``."""
+    import json
+
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    d = write_model_file(payload, dir_path, overwrite=overwrite)
+    meta = {k: payload[k] for k in ("format", "format_version", "grndiff_version", "config", "setup") if k in payload}
+    (d / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+    return d
+
+
+def read_model_file(path: Path, version: str) -> dict:
+    """The payload of a saved model folder / ``model.pt`` or of a CLI Lightning checkpoint, upgraded
+    to the current format. Refuses (``ValueError``) truncated files and pickled code."""
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"no saved grndiff model at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted, or carrying non-tensor pickles
+        raise ValueError(f"cannot load {path}: the file is corrupted, truncated, or not a grndiff model "
+                         f"saved with plain tensors ({type(e).__name__}: {e}). Re-save or retrain the model.") from e
+    if isinstance(payload, dict) and "grndiff" in payload and "state_dict" in payload:  # Lightning .ckpt
+        return upgrade_payload({**payload["grndiff"], "state_dict": payload["state_dict"], "is_trained": True})
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a grndiff model file")
+    if payload.get("format_version") not in (1, FORMAT_VERSION):
+        raise ValueError(f"{path} was written with model format {payload.get('format_version')} "
+                         f"(grndiff {payload.get('grndiff_version')}); this grndiff {version} reads format {FORMAT_VERSION} "
+                         "(and upgrades format 1). Load it with the grndiff version that wrote it, or retrain.")
+    return upgrade_payload(payload)
+
+
+_V1_FLOW = ("time_schedule", "ot_pairing", "lr", "weight_decay", "warmup_steps", "ema_decay", "token_aux_weight",
+            "prediction")
+
+
+def upgrade_payload(payload: dict) -> dict:
+    """Every old-format conversion in one place. Format 1 (flat config with ``source_comps`` …,
+    state dict ``source_dist.*``) → format 2. A payload already current is returned unchanged."""
+    cfg = payload.get("config", {})
+    if "options" in cfg and isinstance(cfg.get("source"), dict):
+        return payload
+    cfg = dict(cfg)
+    name = cfg.get("source", "gaussian")
+    if name == "gaussian":  # format-1 defaults of models saved before each option existed
+        source = {"name": "gaussian", "k": cfg.get("source_comps", 30), "residual": cfg.get("source_residual", 0.5),
+                  "coupling": cfg.get("source_coupling") or "independent", "space": cfg.get("source_space") or "scaled"}
+    else:
+        source = {"name": name}
+    options = {k: cfg[k] for k in _V1_FLOW if cfg.get(k) is not None}
+    options.update(cfg.get("net_kwargs") or {})
+    new_cfg = {"backbone": cfg.get("backbone", "grn"), "prior": cfg.get("prior"), "modules": cfg.get("modules"),
+               "organism": cfg.get("organism", "human"), "match_keys": cfg.get("match_keys"), "seed": 0,
+               "source": source, "options": options}
+    state = {}
+    for k, v in payload.get("state_dict", {}).items():
+        if k.startswith("source_dist."):
+            k = "source.dist." + k[len("source_dist."):]
+        state[k] = v
+    if source["name"] == "gaussian":
+        state.setdefault("source.dist.scale", torch.ones_like(state["source.dist.resid_std"]))
+        state.setdefault("source._fitted", state.get("source.dist.fitted", torch.tensor(False)))
+    else:
+        state.setdefault("source._fitted", torch.tensor(True))
+    return {**payload, "config": new_cfg, "state_dict": state, "format_version": FORMAT_VERSION}

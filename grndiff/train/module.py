@@ -2,6 +2,8 @@
 
 A batch is the dict built by :mod:`grndiff.data` — ``x`` (B, G) scaled expression (the flow's
 ``x₁``), ``cond`` {name: tensor}, optional ``pert`` (B, S) and ``x0`` (B, G) paired control cells.
+Where the flow starts, how training pairs ``x₀`` with ``x₁`` and which velocities are allowed is the
+source's business (:mod:`grndiff.flow.sources`); this module only trains and integrates.
 """
 from __future__ import annotations
 
@@ -9,42 +11,78 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
 from .. import flow
-from ..nn import GRNTransformer, MLPVelocity, gene_token_transformer, modules_only
+from ..nn import GRNTransformer, MLPVelocity, VelocityField, gene_token_transformer, modules_only
 from .ema import EMA
 
-BACKBONES = ("grn", "mlp", "gene_tokens", "modules_only")
+BACKBONES: dict = {}  # name → builder(inputs, **architecture options) -> VelocityField
+
+
+def register_backbone(name: str):
+    """Register ``builder(inputs: dict, **options) -> VelocityField`` as ``backbone=name``.
+
+    ``inputs`` holds ``n_genes``, ``condition_specs`` (list of dicts), ``perturbation`` (bool),
+    ``edge_index``/``edge_sign``/``edge_weight``/``edge_type`` and ``membership`` (G, P) or ``None``.
+    The builder's keyword arguments are the options users may pass (``GRNDiff(..., hidden=64)``).
+    """
+    def deco(builder):
+        BACKBONES[name] = builder
+        return builder
+    return deco
 
 
 def build_backbone(backbone: str, inputs: dict, **hparams) -> nn.Module:
-    """Build a velocity network from data-derived ``inputs`` and architecture ``hparams``.
+    """Build the velocity network registered as ``backbone`` from data-derived ``inputs``."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    net = BACKBONES[backbone](inputs, **hparams)
+    if not isinstance(net, VelocityField):
+        raise TypeError(f"backbone {backbone!r} built a {type(net).__name__}, not a grndiff.nn.VelocityField")
+    return net
 
-    ``inputs`` holds ``n_genes``, ``condition_specs`` (list of dicts), ``perturbation`` (bool) and,
-    for graph models, ``edge_index``/``edge_sign``/``edge_weight``/``edge_type`` and ``membership``.
-    """
-    n, specs, pert = inputs["n_genes"], inputs.get("condition_specs", []), bool(inputs.get("perturbation", False))
-    membership = inputs.get("membership")
-    if backbone == "grn":
-        return GRNTransformer(n, inputs.get("edge_index"), inputs.get("edge_sign"), inputs.get("edge_weight"),
-                              inputs.get("edge_type"), condition_specs=specs, membership=membership,
-                              perturbation=pert, **hparams)
-    if backbone == "mlp":
-        keep = {k: v for k, v in hparams.items() if k in ("hidden", "depth", "cond_dropout")}
-        return MLPVelocity(n, specs, perturbation=pert, **keep)
-    if backbone == "gene_tokens":
-        return gene_token_transformer(n, specs, perturbation=pert, **hparams)
-    if backbone == "modules_only":
-        if membership is None and not hparams.get("n_learned_modules"):
-            raise ValueError("backbone='modules_only' needs gene sets (modules=...) or n_learned_modules > 0")
-        return modules_only(n, membership, specs, perturbation=pert, **hparams)
-    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+def _graph(inputs: dict) -> tuple:
+    return tuple(inputs.get(k) for k in ("edge_index", "edge_sign", "edge_weight", "edge_type"))
+
+
+def _common(inputs: dict) -> dict:
+    return {"condition_specs": inputs.get("condition_specs", []), "perturbation": bool(inputs.get("perturbation"))}
+
+
+@register_backbone("grn")
+def _grn(inputs, **options):
+    return GRNTransformer(inputs["n_genes"], *_graph(inputs), membership=inputs.get("membership"), **_common(inputs),
+                          **options)
+
+
+@register_backbone("mlp")
+def _mlp(inputs, hidden: int = 512, depth: int = 3, cond_dropout: float = 0.1, **_graph_options):
+    # the other backbones' architecture options (heads, mode, ...) have no meaning here
+    return MLPVelocity(inputs["n_genes"], inputs.get("condition_specs", []), hidden=hidden, depth=depth,
+                       cond_dropout=cond_dropout, perturbation=bool(inputs.get("perturbation")))
+
+
+@register_backbone("gene_tokens")
+def _gene_tokens(inputs, **options):
+    return gene_token_transformer(inputs["n_genes"], **_common(inputs), **options)
+
+
+@register_backbone("modules_only")
+def _modules_only(inputs, **options):
+    if inputs.get("membership") is None and not options.get("n_learned_modules"):
+        raise ValueError("backbone='modules_only' needs gene sets (modules=...) or n_learned_modules > 0")
+    return modules_only(inputs["n_genes"], inputs.get("membership"), **_common(inputs), **options)
 
 
 class FlowModule(L.LightningModule):
     """Rectified flow (Liu et al. 2022) with AdamW, linear warm-up + cosine decay and EMA weights.
+
+    This signature is the one place where the flow and optimiser options are written: the Python
+    API passes its extra keyword options here, the CLI's YAML ``model:`` section names them.
 
     Parameters
     ----------
@@ -55,131 +93,96 @@ class FlowModule(L.LightningModule):
     net_kwargs
         Architecture options passed to the backbone (hidden, heads, depth, mode, ...).
     source
-        ``"noise"`` (x₀ ~ N(0, I)), ``"gaussian"`` (x₀ from a per-condition-group Gaussian fitted
-        to the training cells at the start of fitting: :class:`grndiff.flow.GaussianSource`;
-        groups = combinations of the categorical conditions) or ``"control"`` (x₀ = paired
-        control cells, batch["x0"]).
-    source_comps, source_residual
-        ``k`` principal axes and the residual-noise scale of the Gaussian source (defaults 100
-        and 0.5; measured choices in ``benchmarks/results/generation_source_v2.md``).
-    source_space
-        Where the Gaussian source finds its ``k`` principal axes: ``"log"`` (default; in log1p
-        units, i.e. the scaled data times ``inputs["gene_scale"]``, the scaler's per-gene std: the
-        usual PCA of expression) or ``"scaled"`` (in per-gene standardised units, where every gene
-        weighs the same). Without ``inputs["gene_scale"]`` both are the same. Untrained (v ≡ 0),
-        seed-0 split, held-out cells, 30-PC energy distance: log 0.139 vs scaled 0.181 on
-        kang2018, 0.077 vs 0.213 on kang2018_ctrl (``benchmarks/results/generation.md``).
-    source_coupling
-        How training pairs source and data points under ``source="gaussian"``: ``"lowrank"``
-        (default; ``x₀`` keeps ``x₁``'s top-``k`` coordinates, :meth:`GaussianSource.couple`, and
-        the velocity is projected off those ``k`` axes: a generated cell's low-rank state is the
-        Gaussian's draw and the network learns only the gene-level residual given it) or
-        ``"independent"`` (``x₀`` drawn afresh from the group's Gaussian; the network must also
-        keep the low-rank state, and its errors there add spread and group drift; see
-        ``benchmarks/results/generation.md``, row ``grndiff_independent``).
+        Where the flow starts: a name (``"noise"``, ``"gaussian"``, ``"control"``,
+        ``"shifted_control"``), a config dict (``{"name": "gaussian", "k": 50}``) or a
+        :class:`grndiff.flow.Source`. Data-dependent sources are fitted on the training cells at the
+        start of fitting.
     time_schedule
         ``"logit_normal"`` (Esser et al. 2024) or ``"uniform"``.
     ot_pairing
-        Re-pair x₀ and x₁ within each condition group by exact minibatch OT (Tong et al. 2023).
+        Re-pair x₀ and x₁ within each condition group by exact minibatch OT (Tong et al. 2023);
+        only for sources that draw x₀ independently of x₁.
     lr, weight_decay, warmup_steps, max_steps
         Optimiser; ``max_steps`` is the cosine horizon (taken from the trainer when ``None``).
     ema_decay
         EMA decay for the sampling weights (0 disables EMA).
-    prediction
-        What the network outputs: ``"velocity"`` (``v`` directly) or ``"data"`` (the clean cell
-        ``x̂₁``, turned into ``v = (x̂₁ − x_t)/(1 − t)``; :func:`grndiff.flow.velocity_from_data`).
-        ``None`` = ``"velocity"``: ``v ≡ 0`` at init, so the flow starts as the identity map of
-        its source (the fitted Gaussian, or the control cells). On kang2018 x-prediction did not
-        help at our budgets (1,000 steps: energy distance 7.5 vs 5.3 with the N(0, I) source).
     token_aux_weight
         Weight of an auxiliary loss that makes each module token's scalar ``activity`` predict
         the module's mean (scaled) expression in the clean cell ``x₁`` from ``x_t``; this is what
         makes token activities interpretable (0 disables it).
+    prediction
+        What the network outputs: ``"velocity"`` (``v`` directly; ``v ≡ 0`` at init, so the flow
+        starts as the identity map of its source) or ``"data"`` (the clean cell ``x̂₁``, turned
+        into ``v = (x̂₁ − x_t)/(1 − t)``). On kang2018 x-prediction did not help at our budgets.
     """
 
     def __init__(self, inputs: dict | None = None, backbone: str = "grn", net_kwargs: dict | None = None,
-                 source: str = "gaussian", time_schedule: str = "logit_normal", ot_pairing: bool = False,
-                 sigma: float = 0.0, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
+                 source: "str | dict | flow.Source" = "gaussian", time_schedule: str = "logit_normal",
+                 ot_pairing: bool = False, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
                  max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1,
-                 prediction: str | None = None, source_comps: int = 100, source_residual: float = 0.5,
-                 source_coupling: str = "lowrank", source_space: str = "log"):
+                 prediction: str = "velocity"):
         super().__init__()
-        if prediction is None:
-            prediction = "velocity"
         if prediction not in ("velocity", "data"):
             raise ValueError(f"prediction must be 'velocity' or 'data', got {prediction!r}")
         if inputs is None:
             raise ValueError("FlowModule needs `inputs` (sizes and graph from the data); the CLI links them "
                              "from the data module, the Python API builds them for you.")
-        if source_coupling not in ("lowrank", "independent"):
-            raise ValueError(f"source_coupling must be 'lowrank' or 'independent', got {source_coupling!r}")
-        if source_space not in ("log", "scaled"):
-            raise ValueError(f"source_space must be 'log' or 'scaled', got {source_space!r}")
-        if source not in ("noise", "control", "gaussian"):
-            raise ValueError(f"source must be 'noise', 'gaussian' or 'control', got {source!r}")
-        if ot_pairing and source == "gaussian" and source_coupling == "lowrank":
-            raise ValueError("ot_pairing re-pairs x₀ with other cells' x₁, but source_coupling='lowrank' builds "
-                             "each x₀ from its own x₁: pass source_coupling='independent' to use OT pairing")
-        self.save_hyperparameters(ignore=["inputs"])
-        self.hparams.prediction = prediction
+        src = flow.make_source(source)
+        if ot_pairing and not src.allows_ot_pairing:
+            raise ValueError(f"ot_pairing re-pairs x₀ with other cells' x₁, but the {src.name!r} source builds each "
+                             "x₀ from its own x₁ (or its control cell): use source={'name': 'gaussian', "
+                             "'coupling': 'independent'} or 'noise' to use OT pairing")
+        self.save_hyperparameters(ignore=["inputs", "source"])
+        self.hparams["source"] = src.config()  # plain types: checkpoints load with weights_only=True
         self.inputs = inputs
         self.net = build_backbone(backbone, inputs, **(net_kwargs or {}))
         self.ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
-        self.source_dist, self._radix = None, []
-        if source == "gaussian":
-            self._radix = _group_radix(inputs.get("condition_specs", []),
-                                       max_groups=min(100_000, max(50_000_000 // source_comps ** 2, 1)))
-            n_groups = int(torch.prod(torch.tensor([r for _, r in self._radix] or [1]))) + 1
-            self.source_dist = flow.GaussianSource(inputs["n_genes"], n_groups, source_comps, source_residual)
+        self.source = src.build(inputs["n_genes"], inputs.get("condition_specs", []), inputs.get("gene_scale"),
+                                inputs.get("match_keys") or ())
 
     # ------------------------------------------------------------- the source
-    def source_groups(self, cond: dict | None) -> torch.Tensor | None:
-        """Group id (B,) of each cell's categorical conditions for the Gaussian source: a mixed-radix
-        number over the condition codes, + 1 (0 = a cell with a null/unknown code → pooled group)."""
-        if not self._radix:
-            return None
-        key, null = 0, None
-        for name, r in self._radix:
-            code = cond[name].long()
-            key = key * r + (code - 1).clamp_min(0)
-            null = (code <= 0) if null is None else (null | (code <= 0))
-        return torch.where(null, torch.zeros_like(key), key + 1)
-
-    def draw_source(self, cond: dict | None, n: int, *, seed: int | None = None,
-                    generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
-        """``x₀`` (n, G) for generation: the fitted Gaussian of each cell's group, or N(0, I)."""
-        if self.source_dist is None:
-            if seed is not None:
-                return flow.seeded_noise((n, self.inputs["n_genes"]), seed, device=device, dtype=dtype)
-            return torch.randn(n, self.inputs["n_genes"], generator=generator, device=device, dtype=dtype)
-        groups = self.source_groups(cond) if cond else None
-        if groups is None:
-            groups = torch.zeros(n, dtype=torch.long)
-        return self.source_dist.sample(groups, seed=seed, generator=generator, device=device, dtype=dtype)
-
     @torch.no_grad()
-    def fit_source(self, batches) -> None:
-        """Fit the Gaussian source on an iterable of training batches (the first 20,000 cells)."""
-        xs, gs, n = [], [], 0
-        for b in batches:
-            xs.append(b["x"].float().cpu())
-            g = self.source_groups({k: v.cpu() for k, v in b.get("cond", {}).items()})
-            gs.append(torch.zeros(b["x"].shape[0], dtype=torch.long) if g is None else g)
-            n += b["x"].shape[0]
-            if n >= 20_000:
-                break
-        if not xs:
-            raise ValueError("source='gaussian' needs training cells to fit the source, but the training loader is empty")
-        scale = None
-        if self.hparams.get("source_space", "scaled") == "log" and self.inputs.get("gene_scale") is not None:
-            scale = torch.as_tensor(self.inputs["gene_scale"], dtype=torch.float32)  # scaled → log1p units
-        self.source_dist.fit(torch.cat(xs), torch.cat(gs), scale=scale)
-        self.source_dist.to(self.device)
+    def fit_source(self, data) -> None:
+        """Fit a data-dependent source on the training cells (at most 20,000, seeded subset).
+
+        ``data`` is a data module with ``dataset``/``train_indices`` (and ``pairing`` for the
+        control cells), or an iterable of training batches.
+        """
+        inner = getattr(data, "_dm", None)  # the CLI's data module wraps a GRNDataModule
+        if callable(inner) and not hasattr(data, "dataset"):
+            data = inner()
+        if hasattr(data, "dataset") and hasattr(data, "train_indices"):
+            idx = np.asarray(data.train_indices)
+            if idx.size > 20_000:
+                idx = np.sort(np.random.default_rng(0).choice(idx, 20_000, replace=False))
+            if idx.size == 0:
+                raise ValueError("the source needs training cells to be fitted, but the training split is empty")
+            b = data.dataset.batch(idx)
+            pairing = getattr(data, "pairing", None)
+            control = None if pairing is None else torch.from_numpy(np.isin(idx, pairing.controls))
+        else:
+            if hasattr(data, "train_dataloader"):
+                data = data.train_dataloader()
+            parts, n = [], 0
+            for b in data:
+                parts.append(b)
+                n += b["x"].shape[0]
+                if n >= 20_000:
+                    break
+            if not parts:
+                raise ValueError("the source needs training cells to be fitted, but the training loader is empty")
+            b = {"x": torch.cat([p["x"] for p in parts]),
+                 "cond": {k: torch.cat([p["cond"][k] for p in parts]) for k in parts[0].get("cond", {})},
+                 "pert": torch.cat([p["pert"] for p in parts]) if parts[0].get("pert") is not None else None}
+            control = None
+        self.source.fit(b["x"].float().cpu(), {k: v.cpu() for k, v in b.get("cond", {}).items()},
+                        None if b.get("pert") is None else b["pert"].cpu(), control)
+        self.source.to(self.device)
 
     def on_fit_start(self) -> None:
-        if self.source_dist is not None and not bool(self.source_dist.fitted):
+        if self.source.needs_fit:
             dm = self.trainer.datamodule
-            self.fit_source(dm.train_dataloader() if dm is not None else self.trainer.train_dataloader)
+            self.fit_source(dm if dm is not None else self.trainer.train_dataloader)
 
     # -------------------------------------------------------- checkpointing
     export_state: dict | None = None  # processor/graph/setup states, set by the CLI data module
@@ -200,46 +203,24 @@ class FlowModule(L.LightningModule):
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         x1 = batch["x"]
         B = x1.shape[0]
-        if self.hparams.source == "control":
-            if "x0" not in batch:
-                raise KeyError("source='control' needs paired control cells (batch['x0']); set it up in the data module")
-            x0 = batch["x0"]
-        elif self.source_dist is not None:
-            groups = self.source_groups(batch.get("cond", {}))
-            groups = torch.zeros(B, dtype=torch.long, device=x1.device) if groups is None else groups
-            if self.hparams.get("source_coupling", "independent") == "lowrank":
-                x0 = self.source_dist.couple(x1, groups, generator=generator)
-            else:
-                x0 = self.source_dist.sample(groups, generator=generator, device=x1.device, dtype=x1.dtype)
-        else:
-            x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         cond, pert = batch.get("cond", {}), batch.get("pert")
+        x0 = self.source.pair(x1, cond, pert, batch.get("x0"), generator=generator)
         if self.hparams.ot_pairing:
-            groups = _condition_groups(cond, pert, B, x1.device)
-            x0, x1, cond, pert = _ot_repair(x0, x1, cond, pert, groups)
+            x0 = x0[flow.ot_pair_indices(x0, x1, groups=_condition_groups(cond, pert, B, x1.device))]
         t = flow.sample_time(B, schedule=self.hparams.time_schedule, generator=generator, device=x1.device)
-        xt = flow.interpolate(x0, x1, t, sigma=self.hparams.sigma)
+        xt = flow.interpolate(x0, x1, t)
+        target = flow.target_velocity(x0, x1)
         pooling = getattr(self.net, "pooling", None)
         if pooling is not None and self.hparams.token_aux_weight > 0:
             out, extras = self.net(xt, t, cond, pert, return_tokens=True)
             aux = (extras["activity"] - pooling.pool_values(x1).detach()).square().mean()
-            self._last_aux = aux.detach()
-            v = self._as_velocity(out, xt, t)
-            return flow.flow_loss(v, flow.target_velocity(x0, x1)) + self.hparams.token_aux_weight * aux
-        v = self._as_velocity(self.net(xt, t, cond, pert), xt, t)
-        return flow.flow_loss(v, flow.target_velocity(x0, x1))
+            return flow.flow_loss(self._as_velocity(out, xt, t), target) + self.hparams.token_aux_weight * aux
+        return flow.flow_loss(self._as_velocity(self.net(xt, t, cond, pert), xt, t), target)
 
     def _as_velocity(self, out: torch.Tensor, xt: torch.Tensor, t) -> torch.Tensor:
-        if self.hparams.get("prediction", "velocity") == "data":
+        if self.hparams.prediction == "data":
             out = flow.velocity_from_data(out, xt, t)
-        return self._constrain(out)
-
-    def _constrain(self, v: torch.Tensor) -> torch.Tensor:
-        """Under the low-rank coupling the velocity (B, G) is kept off the source's ``k`` axes:
-        the low-rank state drawn from the Gaussian is carried unchanged to t = 1."""
-        if self.source_dist is not None and self.hparams.get("source_coupling", "independent") == "lowrank":
-            return self.source_dist.project_off(v)
-        return v
+        return self.source.constrain(out)
 
     def velocity(self, net: nn.Module, x: torch.Tensor, t, cond=None, pert=None, guidance: float = 1.0) -> torch.Tensor:
         """The flow's velocity (B, G) from ``net`` at ``x`` (B, G), ``t``, with CFG weight ``guidance``.
@@ -307,30 +288,27 @@ class FlowModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, x0: torch.Tensor, cond: dict | None = None, pert: torch.Tensor | None = None, *,
                  n_steps: int = 50, method: str = "euler", guidance: float = 1.0, use_ema: bool = True,
+                 batch_size: int = 1024, t_span: tuple[float, float] = (0.0, 1.0),
                  progress: bool = False) -> torch.Tensor:
-        """Integrate the learned ODE from ``x0`` (B, G) at t=0 to t=1 → (B, G) (scaled space)."""
+        """Integrate the learned ODE from ``x0`` (B, G) over ``t_span`` → (B, G) (scaled space),
+        ``batch_size`` cells at a time (``cond`` {name: (B,)}, ``pert`` (B, S) sliced alongside)."""
         net = self.sampling_net if use_ema else self.net
         was_training = net.training
         net.eval()
+        out = []
         try:
-            def f(x, t):
-                return self.velocity(net, x, t, cond, pert, guidance=guidance)
-            return flow.sample_ode(f, x0, method=method, n_steps=n_steps, progress=progress)
+            for s in range(0, x0.shape[0], batch_size):
+                sl = slice(s, s + batch_size)
+                c = {k: v[sl] for k, v in (cond or {}).items()}
+                p = None if pert is None else pert[sl]
+
+                def f(x, t, c=c, p=p):
+                    return self.velocity(net, x, t, c, p, guidance=guidance)
+                out.append(flow.sample_ode(f, x0[sl], method=method, n_steps=n_steps, t0=t_span[0], t1=t_span[1],
+                                           progress=progress and s == 0))
         finally:
             net.train(was_training)
-
-
-def _group_radix(specs, max_groups: int = 100_000) -> list[tuple[str, int]]:
-    """(name, number of categories) of the categorical conditions, for the source's group ids;
-    empty (one pooled group) when their combinations would exceed ``max_groups`` (the per-group
-    (k, k) covariance factors are held for every combination: 50M floats at most)."""
-    def get(s, key):
-        return s[key] if isinstance(s, dict) else getattr(s, key)
-    out = [(get(s, "name"), int(get(s, "n_categories"))) for s in (specs or []) if get(s, "kind") == "categorical"]
-    total = 1
-    for _, r in out:
-        total *= max(r, 1)
-    return out if total <= max_groups else []
+        return torch.cat(out) if out else x0.clone()
 
 
 def _rng_state() -> dict:
@@ -358,8 +336,3 @@ def _condition_groups(cond: dict, pert, B: int, device) -> torch.Tensor:
     key = torch.nan_to_num(torch.cat(cols, dim=1), nan=-7.0)
     return torch.unique(key, dim=0, return_inverse=True)[1]
 
-
-def _ot_repair(x0, x1, cond, pert, groups):
-    """Permute x₀ within condition groups so (x₀, x₁) follow the minibatch OT plan."""
-    perm = flow.ot_pair_indices(x0, x1, groups=groups)
-    return x0[perm], x1, cond, pert

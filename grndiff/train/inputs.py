@@ -1,0 +1,74 @@
+"""What a :class:`~grndiff.train.FlowModule` is built from, written once for the Python API and the CLI.
+
+``NET_OPTIONS``/``FLOW_OPTIONS`` are read from the signatures of
+:class:`~grndiff.nn.GRNTransformer` and :class:`~grndiff.train.FlowModule`, so an option is
+written in exactly one signature.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..data import ExpressionProcessor
+from ..graph import GeneGraph
+from ..nn import GRNTransformer
+from .module import FlowModule
+
+NET_OPTIONS = tuple(n for n, p in inspect.signature(GRNTransformer.__init__).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and n != "perturbation")
+FLOW_OPTIONS = tuple(n for n in inspect.signature(FlowModule.__init__).parameters
+                     if n not in ("self", "inputs", "backbone", "net_kwargs", "source", "max_steps"))
+
+
+def check_options(options: dict) -> None:
+    """Raise a ``TypeError`` naming the valid options if ``options`` has an unknown key."""
+    unknown = set(options) - set(NET_OPTIONS) - set(FLOW_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown model options {sorted(unknown)}; architecture options are {list(NET_OPTIONS)}, "
+                        f"flow options {list(FLOW_OPTIONS)}")
+
+
+def module_inputs(graph: GeneGraph, processor: ExpressionProcessor, match_keys=None) -> dict:
+    """The data-derived ``inputs`` of :class:`~grndiff.train.FlowModule` (sizes, graph, condition
+    vocabularies, ``gene_scale`` (G,) — the scaler's per-gene std: scaled data → log1p units — and
+    the context keys of sources that use control cells)."""
+    g = graph
+    return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
+            "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
+            "condition_specs": processor.conditions.specs(),
+            "perturbation": processor.has_gene_perturbations,
+            "gene_scale": torch.as_tensor(processor.scaler.std, dtype=torch.float32),
+            "match_keys": list(match_keys or [])}
+
+
+def build_module(config: dict, graph: GeneGraph, processor: ExpressionProcessor, source=None) -> FlowModule:
+    """A FlowModule from a GRNDiff ``config`` (``backbone``, ``source``, ``options``, ``match_keys``)."""
+    opts = config["options"]
+    return FlowModule(module_inputs(graph, processor, config.get("match_keys")), backbone=config["backbone"],
+                      net_kwargs={k: v for k, v in opts.items() if k in NET_OPTIONS},
+                      source=source if source is not None else config["source"],
+                      **{k: v for k, v in opts.items() if k in FLOW_OPTIONS})
+
+
+def config_from_hparams(hp: dict, **extra) -> dict:
+    """GRNDiff config from a :class:`~grndiff.train.FlowModule`'s hyper-parameters (CLI export)."""
+    options = {k: hp[k] for k in FLOW_OPTIONS if k in hp}
+    options.update(dict(hp.get("net_kwargs") or {}))
+    cfg = {"backbone": hp.get("backbone", "grn"), "source": dict(hp["source"]), "options": options,
+           "seed": int(extra.pop("seed", 0) or 0)}
+    match = extra.pop("match_keys", None)
+    cfg["match_keys"] = list(match) if isinstance(match, (list, tuple)) else None
+    cfg.update({k: (v if isinstance(v, (str, type(None))) else describe(v)) for k, v in extra.items()})
+    return cfg
+
+
+def describe(x) -> Any:
+    """A JSON-safe description of a prior/modules argument for the config."""
+    if x is None or isinstance(x, (str, int, float)):
+        return x
+    if isinstance(x, pd.DataFrame):
+        return f"DataFrame({len(x)} rows)"
+    return type(x).__name__

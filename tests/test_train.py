@@ -1,0 +1,114 @@
+"""The training plan: EMA, the learning-rate schedule, source groups, and the backbone contract
+(a new backbone is one registered builder: shown here with a toy one, in this file alone)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import grndiff as gd
+from grndiff.flow.sources import group_ids, group_radix
+from grndiff.nn import ConditionEmbedder, VelocityField
+from grndiff.train import BACKBONES, EMA, register_backbone
+
+
+def test_ema_ramps_up_then_follows_decay_and_copies_buffers():
+    net = nn.BatchNorm1d(3)
+    ema = EMA(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+        net.running_mean.fill_(5.0)
+    ema.update(net)  # first update: effective decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.shadow.weight, torch.full((3,), 1 + 0.9 * 1.0))
+    assert torch.equal(ema.shadow.running_mean, net.running_mean)
+    for _ in range(200):
+        ema.update(net)
+    assert torch.allclose(ema.shadow.weight, net.weight, atol=1e-6)  # converges to a constant target
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_five_percent(krumsiek_model):
+    module = krumsiek_model.module
+    module.hparams.max_steps, module.hparams.warmup_steps, module.hparams.lr = 200, 10, 1e-2
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-2)  # (step + 1) / warm
+    assert lrs[10] == pytest.approx(1e-2) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    mid = 10 + 95  # half-way through the cosine
+    assert lrs[mid] == pytest.approx(1e-2 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 95 / 190))))
+    assert lrs[-1] == pytest.approx(1e-2 * 0.05, rel=0.02)
+
+
+def test_source_groups_are_mixed_radix_over_categorical_codes_with_null_pooled():
+    specs = [{"name": "a", "kind": "categorical", "n_categories": 2},
+             {"name": "b", "kind": "categorical", "n_categories": 3},
+             {"name": "dose", "kind": "continuous", "n_categories": 0}]
+    radix = group_radix(specs)
+    assert radix == [("a", 2), ("b", 3)]
+    cond = {"a": torch.tensor([1, 1, 2, 2, 0]), "b": torch.tensor([1, 3, 1, 3, 2]), "dose": torch.zeros(5)}
+    ids = group_ids(radix, cond, 5)
+    assert ids.tolist() == [1, 3, 4, 6, 0]  # (a-1)*3 + (b-1) + 1; a null code → pooled group 0
+    assert group_radix(specs, max_groups=5) == []  # too many combinations → one pooled group
+
+
+# --------------------------------------------------------------- a toy backbone, this file only
+class LinearVelocity(VelocityField):
+    """v = W x + c-dependent bias: the smallest velocity field that honours the contract."""
+
+    def __init__(self, n_genes, condition_specs, width=8):
+        super().__init__()
+        self.n_genes = n_genes
+        self.cond_embed = ConditionEmbedder(condition_specs, width)
+        self.lin = nn.Linear(n_genes, n_genes)
+        self.bias = nn.Linear(width, n_genes)
+
+    def velocity(self, x, t, cond, pert, force_drop):
+        c = self.cond_embed(cond, x.shape[0], device=x.device, force_drop=force_drop)
+        return self.lin(x) * t[:, None] + self.bias(c), {}
+
+
+@pytest.fixture
+def toy_backbone():
+    register_backbone("toy_linear")(lambda inputs, width=8: LinearVelocity(inputs["n_genes"],
+                                                                            inputs["condition_specs"], width))
+    yield "toy_linear"
+    BACKBONES.pop("toy_linear")
+
+
+def test_a_registered_toy_backbone_trains_samples_and_round_trips(toy_backbone, tmp_path):
+    a = gd.datasets.krumsiek11()
+    gd.GRNDiff.setup_anndata(a, condition_keys=["cell_type"])
+    m = gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, backbone=toy_backbone, seed=0)
+    before = m.module.net.lin.weight.detach().clone()
+    m.train(max_steps=20, batch_size=32, progress_bar=False)
+    assert not torch.equal(before, m.module.net.lin.weight)
+    gen = m.sample(10, {"cell_type": "Mk"}, n_steps=3, guidance=2.0)  # guidance comes from the base class
+    assert gen.shape == (10, a.n_vars) and np.isfinite(gen.X).all()
+    m.save(tmp_path / "toy")
+    again = gd.GRNDiff.load(tmp_path / "toy").sample(10, {"cell_type": "Mk"}, n_steps=3, guidance=2.0)
+    assert np.array_equal(gen.X, again.X)
+
+
+def test_a_backbone_that_breaks_the_contract_is_refused():
+    register_backbone("not_a_field")(lambda inputs: nn.Linear(inputs["n_genes"], inputs["n_genes"]))
+    try:
+        a = gd.datasets.krumsiek11()
+        gd.GRNDiff.setup_anndata(a, condition_keys=["cell_type"])
+        with pytest.raises(TypeError, match="VelocityField"):
+            gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, backbone="not_a_field")
+    finally:
+        BACKBONES.pop("not_a_field")
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, backbone="nope")
+
+
+@pytest.fixture
+def krumsiek_model():
+    a = gd.datasets.krumsiek11()
+    gd.GRNDiff.setup_anndata(a, condition_keys=["cell_type"])
+    return gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, hidden=8, depth=1, token_depth=0)

@@ -1,0 +1,87 @@
+"""ShiftedControlSource: the cell-state-dependent shift, its leave-one-context-out training pairs,
+the low-rank constraint and its state dict (pure torch, synthetic data with a known answer)."""
+import pytest
+import torch
+
+from grndiff import flow
+
+G = 12
+
+
+def _data(seed=0, n=60):
+    """Three contexts (codes 1, 2, 3) on two well-separated states; perturbation code 2 adds a
+    shift that depends on the state: +3 on gene 0 in state A (contexts 1, 2), +3 on gene 1 in
+    state B (context 3). Condition "condition": 1 = ctrl, 2 = stim."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ctx, lab = [], [], []
+    for c, base in ((1, 0.0), (2, 0.3), (3, 8.0)):
+        centre = torch.zeros(G)
+        centre[2:] = base
+        for cond in (1, 2):
+            x = centre + 0.1 * torch.randn(n, G, generator=g)
+            if cond == 2:
+                x[:, 0 if c < 3 else 1] += 3.0
+            xs.append(x)
+            ctx += [c] * n
+            lab += [cond] * n
+    cond = {"cell_type": torch.tensor(ctx), "condition": torch.tensor(lab)}
+    return torch.cat(xs), cond
+
+
+def _source(**kw):
+    specs = [{"name": "cell_type", "kind": "categorical", "n_categories": 3},
+             {"name": "condition", "kind": "categorical", "n_categories": 2}]
+    return flow.ShiftedControlSource(k=4, match_dims=4, neighbours=5, **kw).build(G, specs, None, ["cell_type"])
+
+
+def test_shift_follows_the_cell_state_of_the_nearest_training_context():
+    x, cond = _data()
+    keep = ~((cond["cell_type"] == 2) & (cond["condition"] == 2))  # hold out stim cells of context 2
+    src = _source().fit(x[keep], {k: v[keep] for k, v in cond.items()}, None, (cond["condition"] == 1)[keep])
+    ctrl2 = x[(cond["cell_type"] == 2) & (cond["condition"] == 1)]
+    target = {"cell_type": torch.full((len(ctrl2),), 2), "condition": torch.full((len(ctrl2),), 2)}
+    moved = src.transport(ctrl2, target) - ctrl2
+    # context 2 looks like context 1 (state A): its shift is gene 0's, not the mean of A and B
+    assert moved[:, 0].mean() > 2.7 and moved[:, 1].abs().mean() < 0.3
+    mean_shift = _source(blend=0.0).fit(x[keep], {k: v[keep] for k, v in cond.items()}, None,
+                                        (cond["condition"] == 1)[keep])
+    m = mean_shift.transport(ctrl2, target) - ctrl2  # blend 0: the mean over contexts 1 and 3
+    assert 1.2 < m[:, 0].mean() < 1.8 and 1.2 < m[:, 1].mean() < 1.8
+    # control target: no shift; an unseen perturbation gets the pooled shift
+    same = {"cell_type": target["cell_type"], "condition": torch.ones(len(ctrl2), dtype=torch.long)}
+    assert torch.equal(src.transport(ctrl2, same), ctrl2)
+
+
+def test_training_pairs_leave_the_cell_context_out_and_stay_on_its_axes():
+    x, cond = _data(1)
+    control = cond["condition"] == 1
+    src = _source().fit(x, cond, None, control)
+    stim1 = (cond["cell_type"] == 1) & (cond["condition"] == 2)
+    x1 = x[stim1]
+    ctrl1 = x[(cond["cell_type"] == 1) & control][: x1.shape[0]]
+    c = {k: v[stim1] for k, v in cond.items()}
+    lab, ctx = src._ids(c, None, x1.shape[0])
+    loo = src.shift(ctrl1, lab, exclude_ctx=ctx)
+    full = src.shift(ctrl1, lab)
+    # context 1 left out: its nearest training context is 2 (the same state, the same shift)
+    assert loo[:, 0].mean() > 2.7 and full[:, 0].mean() > 2.7
+    x0 = src.pair(x1, c, None, ctrl1)
+    d = x1 - x0  # the low-rank coupling: x₁ − x₀ has no component on the k axes
+    torch.testing.assert_close(src.axes._scores(d), torch.zeros(d.shape[0], src.k), atol=1e-4, rtol=0)
+    torch.testing.assert_close(src.constrain(d), d, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="control cells"):
+        _source().fit(x, cond, None, torch.zeros(len(x), dtype=torch.bool))
+
+
+def test_state_dict_round_trip_resizes_the_bank():
+    x, cond = _data(2)
+    src = _source().fit(x, cond, None, cond["condition"] == 1)
+    fresh = _source()
+    fresh.load_state_dict(src.state_dict())
+    ctrl = x[:10]
+    target = {"cell_type": torch.full((10,), 3), "condition": torch.full((10,), 2)}
+    assert fresh.fitted and torch.equal(fresh.transport(ctrl, target), src.transport(ctrl, target))
+    with pytest.raises(ValueError, match="generate"):
+        fresh.draw(3)
+    with pytest.raises(ValueError, match="match_keys"):
+        flow.ShiftedControlSource().build(G, [], None, ["cell_type"])
