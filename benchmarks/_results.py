@@ -36,7 +36,7 @@ _RESERVED = ("command", "commit", "machine", "records")
 
 __all__ = [
     "FIELDS", "RESULTS_DIR", "command_string", "git_commit", "machine_description", "record",
-    "records_to_markdown", "validate_records", "write_results",
+    "mark_stale", "records_to_markdown", "validate_records", "write_results",
 ]
 
 
@@ -230,3 +230,28 @@ def write_results(name: str, records: Iterable[Mapping], command: str, extra: Ma
     json_path.write_text(json.dumps(obj, indent=1) + "\n")
     md_path.write_text(_render_document(name, obj))
     return json_path, md_path
+
+
+def mark_stale(name: str, reason: str, out_dir: str | os.PathLike | None = None) -> None:
+    """Mark ``<name>.json``/``.md`` as stale: a ``stale`` key with ``reason`` in the JSON and a banner
+    on top of the Markdown, so a table no one re-ran at the current code says so where it is read.
+
+    ``python benchmarks/_results.py --stale NAME "REASON"`` does it from the shell.
+    """
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    obj = json.loads(json_path.read_text())
+    obj = {**{k: v for k, v in obj.items() if k != "records"}, "stale": reason, "records": obj["records"]}
+    json_path.write_text(json.dumps(obj, indent=1) + "\n")
+    body = md_path.read_text() if md_path.exists() else _render_document(name, obj)
+    md_path.write_text(f"> **Stale:** {reason}\n\n" + body)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Benchmark results helpers")
+    ap.add_argument("--stale", nargs=2, metavar=("NAME", "REASON"), required=True,
+                    help="mark benchmarks/results/NAME.{json,md} as stale with REASON")
+    a = ap.parse_args()
+    mark_stale(*a.stale)

@@ -31,6 +31,7 @@ def _data(seed=0, n=60):
 def _source(**kw):
     specs = [{"name": "cell_type", "kind": "categorical", "n_categories": 3},
              {"name": "condition", "kind": "categorical", "n_categories": 2}]
+    kw = {"blend": 1.0, **kw}  # the neighbour estimate alone unless a test blends it
     return flow.ShiftedControlSource(k=4, match_dims=4, neighbours=5, **kw).build(G, specs, None, ["cell_type"])
 
 
@@ -50,6 +51,14 @@ def test_shift_follows_the_cell_state_of_the_nearest_training_context():
     # control target: no shift; an unseen perturbation gets the pooled shift
     same = {"cell_type": target["cell_type"], "condition": torch.ones(len(ctrl2), dtype=torch.long)}
     assert torch.equal(src.transport(ctrl2, same), ctrl2)
+    # the default blends 3:1 with the mean shift (0.75 · 3 + 0.25 · 1.5 on gene 0)
+    blended = _source(blend=0.75).fit(x[keep], {k: v[keep] for k, v in cond.items()}, None,
+                                      (cond["condition"] == 1)[keep])
+    assert flow.ShiftedControlSource().blend == 0.75
+    b = blended.transport(ctrl2, target) - ctrl2
+    assert 2.4 < b[:, 0].mean() < 2.85 and 0.2 < b[:, 1].mean() < 0.55
+    with pytest.raises(ValueError, match="blend"):
+        flow.ShiftedControlSource(blend=1.5)
 
 
 def test_training_pairs_leave_the_cell_context_out_and_stay_on_its_axes():
