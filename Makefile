@@ -21,6 +21,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+test-fast: $(STAMP)   # the suite without the end-to-end (subprocess, notebook) tests marked slow
+	$(PY) -m pytest -q -m "not slow" tests
+
 demo: $(STAMP)
 	$(VENV)/bin/grndiff demo --out runs/demo
 

@@ -1,0 +1,196 @@
+"""cell-eval (Arc Institute's evaluator) as an independent judge of every method's Kang predictions.
+
+    python benchmarks/peers/celleval.py [PRED_DIR] [--methods scgen,cpa,cellflow,grndiff,mean_shift]
+
+For each method with ``PRED_DIR/pred_<method>_<T>.h5ad`` files (the peers' and the ones
+``benchmarks/perturbation.py --pred-dir PRED_DIR`` writes for ``grndiff`` / ``mean_shift``), two
+AnnData are assembled in the layout cell-eval expects and ``cell-eval run`` is called once per
+method, in its own environment (``benchmarks/peers/.venvs/celleval``, or ``$CELL_EVAL``):
+
+- ``real.h5ad``: every cell of the cell types the method predicted, log1p CP10k, with
+  ``obs["condition"]`` = ``ctrl`` / ``stim`` (the perturbation column, control cells included)
+  and ``obs["cell_type"]``;
+- ``pred.h5ad``: per cell type T, T's real control cells (``ctrl``) plus the method's predicted
+  stimulated cells (``stim``).
+
+``cell-eval run --pert-col condition --control-pert ctrl --celltype-col cell_type`` evaluates each
+cell type separately (its ``--celltype-col`` splits the files by cell type), so each held-out
+Kang cell type is one context with one perturbation, ``stim`` vs ``ctrl``. cell-eval requires
+log1p-range values (no negatives): predicted values below 0 (decoders and PCA reconstructions
+produce a few) are clipped to 0 *for the judge only*; grndiff's scorer sees them unclipped.
+Metrics: ``--profile full`` by default; :func:`celleval_records` returns the headline ones
+(:data:`HEADLINE`) as tidy records named ``celleval_<metric>``.
+
+Runs in any environment with numpy, pandas and anndata (grndiff's included).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import _common as C  # noqa: E402
+
+METHODS = ("scgen", "cpa", "cellflow", "grndiff", "mean_shift")
+PERT_COL, CTRL_PERT, CELLTYPE_COL = "condition", C.CTRL, "cell_type"
+#: cell-eval's headline metrics (its "minimal" profile, plus the DE-agreement ones of "full")
+HEADLINE = ("pearson_delta", "mse", "mae", "overlap_at_N", "precision_at_N", "de_spearman_lfc_sig",
+            "de_direction_match", "de_sig_genes_recall", "pearson_edistance", "discrimination_score_l1")
+
+
+def celleval_exe() -> str:
+    exe = os.environ.get("CELL_EVAL") or str(HERE / ".venvs" / "celleval" / "bin" / "cell-eval")
+    if not (Path(exe).exists() or shutil.which(exe)):
+        raise FileNotFoundError(f"cell-eval not found at {exe}: run `bash benchmarks/peers/setup.sh celleval` "
+                                f"or set CELL_EVAL")
+    return exe
+
+
+def _record(method, metric, value, group):
+    try:
+        from _results import record
+        return record("kang2018", method, metric, value, seed=0, group=group)
+    except ImportError:  # pragma: no cover - _results is stdlib-only, always importable here
+        v = None if value is None or not np.isfinite(value) else float(value)
+        return {"dataset": "kang2018", "method": method, "seed": 0, "group": group, "metric": metric, "value": v}
+
+
+def _read_pred(path, genes) -> np.ndarray:
+    import anndata as ad
+    a = ad.read_h5ad(path)
+    names = [str(v) for v in a.var_names]
+    if names != list(genes):
+        if set(names) != set(genes):
+            raise ValueError(f"{Path(path).name}: its genes are not the data's genes")
+        a = a[:, list(genes)]
+    return C.dense(a.X)
+
+
+def build_layout(pred_dir, method: str, work) -> tuple[Path, Path, list[str]] | None:
+    """Write ``work/real.h5ad`` and ``work/pred.h5ad`` for ``method``; returns their paths and the
+    cell types covered (None when the method has no Kang prediction file)."""
+    import anndata as ad
+    import pandas as pd
+    a = C.load_kang()
+    X = C.log1p_cp10k(a.layers["counts"])
+    genes = [str(g) for g in a.var_names]
+    types = [T for T in C.kang_types(a) if C.pred_path(pred_dir, method, T).exists()]
+    if not types:
+        return None
+    real_rows, pred_X, pred_obs = [], [], []
+    for T in types:
+        held, is_ctrl = C.kang_masks(a, T)
+        real_rows.append(np.flatnonzero(held | is_ctrl))
+        p = np.clip(_read_pred(C.pred_path(pred_dir, method, T), genes), 0.0, None)  # cell-eval: no negatives
+        pred_X += [X[is_ctrl], p]
+        pred_obs.append(pd.DataFrame({PERT_COL: C.CTRL, CELLTYPE_COL: C.safe(T)},
+                                     index=[f"{n}" for n in a.obs_names[is_ctrl]]))
+        pred_obs.append(pd.DataFrame({PERT_COL: C.STIM, CELLTYPE_COL: C.safe(T)},
+                                     index=[f"pred{i}-{C.safe(T)}" for i in range(p.shape[0])]))
+    rows = np.concatenate(real_rows)
+    real_obs = pd.DataFrame({PERT_COL: a.obs[PERT_COL].astype(str).to_numpy()[rows],
+                             CELLTYPE_COL: [C.safe(t) for t in a.obs["cell_type"].astype(str).to_numpy()[rows]]},
+                            index=a.obs_names[rows])
+    var = pd.DataFrame(index=pd.Index(genes))
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    real_path, pred_path = work / "real.h5ad", work / "pred.h5ad"
+    ad.AnnData(X=X[rows].astype(np.float32), obs=real_obs, var=var).write_h5ad(real_path)
+    ad.AnnData(X=np.vstack(pred_X).astype(np.float32), obs=pd.concat(pred_obs), var=var).write_h5ad(pred_path)
+    return real_path, pred_path, types
+
+
+def run_celleval(real_path, pred_path, outdir, profile: str = "full", timeout: int = 1800) -> None:
+    cmd = [celleval_exe(), "run", "-ap", str(pred_path), "-ar", str(real_path), "--pert-col", PERT_COL,
+           "--control-pert", CTRL_PERT, "--celltype-col", CELLTYPE_COL, "--profile", profile,
+           "--num-threads", "1", "-o", str(outdir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"cell-eval failed ({res.returncode}):\n{res.stderr[-3000:]}")
+
+
+def _results_csv(outdir, T) -> Path:
+    return Path(outdir) / f"{C.safe(T)}_results.csv"
+
+
+def parse_results(outdir, types, method, metrics=HEADLINE) -> list[dict]:
+    """Per-type rows of cell-eval's results (``<celltype>_results.csv``, one row: ``stim``)."""
+    recs = []
+    for T in types:
+        path = _results_csv(outdir, T)
+        if not path.exists():
+            continue
+        with open(path) as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("perturbation", C.STIM) == C.STIM]
+        for r in rows[:1]:
+            for m in metrics:
+                if m in r and r[m] not in ("", None):
+                    try:
+                        v = float(r[m])
+                    except ValueError:
+                        continue
+                    recs.append(_record(method, f"celleval_{m}", v, T))
+    return recs
+
+
+def celleval_records(pred_dir, methods=METHODS, profile: str = "full", keep_dir=None) -> list[dict]:
+    """cell-eval's headline metrics for every method's Kang predictions in ``pred_dir``:
+    tidy records ``{dataset: 'kang2018', method, seed: 0, group: <cell type>, metric:
+    'celleval_<name>', value}``, plus ``group='all'`` means for a method that predicted all types."""
+    recs: list[dict] = []
+    all_types = C.kang_types(C.load_kang())
+    for m in methods:
+        with tempfile.TemporaryDirectory(prefix=f"celleval-{m}-") as tmp:
+            work = Path(keep_dir) / m if keep_dir else Path(tmp)
+            built = build_layout(pred_dir, m, work)
+            if built is None:
+                continue
+            real_path, pred_path, types = built
+            run_celleval(real_path, pred_path, work / "out", profile=profile)
+            got = parse_results(work / "out", types, m)
+            recs += got
+            if set(types) == set(all_types):
+                by_metric: dict[str, list[float]] = {}
+                for r in got:
+                    if r["value"] is not None:
+                        by_metric.setdefault(r["metric"], []).append(r["value"])
+                recs += [_record(m, k, float(np.mean(v)), "all") for k, v in by_metric.items()]
+    return recs
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description="cell-eval on every method's Kang predictions")
+    ap.add_argument("pred_dir", nargs="?", default=str(C.DEFAULT_OUT))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--profile", default="full")
+    ap.add_argument("--keep", default=None, help="keep the assembled files and cell-eval's output here")
+    ap.add_argument("--json", default=None, help="write the records to this JSON file")
+    args = ap.parse_args(argv)
+    recs = celleval_records(args.pred_dir, [m.strip() for m in args.methods.split(",") if m.strip()],
+                            profile=args.profile, keep_dir=args.keep)
+    import pandas as pd
+    df = pd.DataFrame(recs)
+    if df.empty:
+        print("(no predictions found)")
+    else:
+        print(df.pivot_table(index=["method", "group"], columns="metric", values="value").round(3).to_string())
+    if args.json:
+        Path(args.json).write_text(json.dumps(recs, indent=1))
+    return recs
+
+
+if __name__ == "__main__":
+    main()
