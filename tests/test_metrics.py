@@ -202,3 +202,24 @@ def test_fit_pca_matches_svd_and_roundtrips():
     np.testing.assert_allclose(pca.inverse_transform(pca.transform(X)), X, atol=1e-8)
     np.testing.assert_allclose(pca.explained_variance.sum(), X.var(axis=0, ddof=1).sum(), rtol=1e-8)
     np.testing.assert_allclose(fit_pca(X, n=3).components, pca.components[:3])
+
+
+def test_top_changes_lists_the_largest_true_changes_with_predictions():
+    from grndiff.metrics import top_changes
+
+    rng = np.random.default_rng(0)
+    ctrl = rng.normal(1.0, 0.1, size=(50, 6))
+    shift = np.array([0.0, 3.0, -2.0, 0.5, 0.0, 1.0])
+    true = ctrl + shift
+    pred = ctrl + 0.5 * shift
+    genes = [f"g{i}" for i in range(6)]
+    table = top_changes(pred, true, ctrl, n_top=3, genes=genes)
+    assert list(table.index) == ["g1", "g2", "g5"]
+    np.testing.assert_allclose(table["true Δ"], [3.0, -2.0, 1.0], atol=1e-9)
+    np.testing.assert_allclose(table["predicted Δ"], [1.5, -1.0, 0.5], atol=1e-9)
+    np.testing.assert_allclose(table["ctrl"], ctrl.mean(0)[[1, 2, 5]])
+    # AnnData in: gene names from var_names
+    as_ad = [ad.AnnData(X=a.astype(np.float32), var=pd.DataFrame(index=genes)) for a in (pred, true, ctrl)]
+    assert list(top_changes(*as_ad, n_top=2).index) == ["g1", "g2"]
+    with pytest.raises(ValueError, match="same genes"):
+        top_changes(pred[:, :5], true, ctrl)

@@ -10,6 +10,7 @@ matrices ``(B, G)`` (reduced to their means) in log1p-normalised expression. Wit
 - :func:`split_half_ceiling` — what a perfect model can reach given sampling noise: one random
   half of the true cells predicts the other half.
 - :func:`evaluate_perturbation` — all of them, plus the energy distance in PC space.
+- :func:`top_changes` — a table of the genes that change most: control mean, predicted and true Δ.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .gene_level import _pearson
 from .pca import PCAProjection, fit_pca
 
 __all__ = ["pearson_delta", "pearson_delta_all", "direction_accuracy", "split_half_ceiling",
-           "evaluate_perturbation", "fit_pca", "PCAProjection"]
+           "evaluate_perturbation", "top_changes", "fit_pca", "PCAProjection"]
 
 
 def _cells(X, name: str) -> np.ndarray:
@@ -171,3 +172,30 @@ def evaluate_perturbation(pred, true, ctrl, *, pca: PCAProjection | None = None,
             "pearson_delta_all": pearson_delta_all(pred, true, ctrl),
             f"direction_acc_top{top_n}": direction_accuracy(pred, true, ctrl, top_n=top_n),
             "energy_distance": _energy_in_pcs(pred, true, ctrl, pca, seed)}
+
+
+def top_changes(pred, true, ctrl, n_top: int = 10, genes=None):
+    """The ``n_top`` genes of largest true change ``|Δtrue|``: control mean, predicted and true Δ.
+
+    ``pred``, ``true``, ``ctrl`` are mean profiles ``(G,)``, cell matrices ``(B, G)`` or AnnData
+    (their ``.X``, log1p-normalised; ``genes`` then defaults to ``var_names``).
+
+    Returns
+    -------
+    pandas.DataFrame indexed by gene, columns ``ctrl``, ``predicted Δ``, ``true Δ``
+    (``n_top`` rows, largest ``|true Δ|`` first).
+    """
+    import pandas as pd
+
+    if genes is None:
+        genes = next((list(a.var_names) for a in (pred, true, ctrl) if hasattr(a, "var_names")), None)
+    pred, true, ctrl = (a.X if hasattr(a, "var_names") else a for a in (pred, true, ctrl))
+    c = _mean(ctrl, "ctrl")
+    d_pred, d_true = _deltas(pred, true, ctrl)
+    if not (d_pred.shape == d_true.shape == c.shape):
+        raise ValueError(f"pred, true and ctrl must cover the same genes, got {d_pred.shape[0]}, {d_true.shape[0]} "
+                         f"and {c.shape[0]}")
+    genes = [str(g) for g in genes] if genes is not None else [str(i) for i in range(c.shape[0])]
+    idx = np.argsort(-np.abs(d_true), kind="stable")[: int(n_top)]
+    return pd.DataFrame({"ctrl": c[idx], "predicted Δ": d_pred[idx], "true Δ": d_true[idx]},
+                        index=pd.Index([genes[i] for i in idx], name="gene"))
