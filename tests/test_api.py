@@ -164,3 +164,19 @@ def test_cli_fast_dev_run_and_sample(tmp_path):
     import anndata as ad
     gen = ad.read_h5ad(gen_path)
     assert gen.n_obs == 25 and (gen.obs["cell_type"] == "Mk").all()
+
+
+@pytest.mark.slow
+def test_readme_perturbation_snippet():
+    """The README's perturbation snippet runs (with a few steps) and its prediction really moves."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- perturbation:")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "max_steps=400" in block
+    block = block.replace("max_steps=400", "max_steps=3, progress_bar=False")
+    ns: dict = {"gd": gd, "adata": gd.datasets.kang2018()}
+    exec(compile(block, "README.md (perturbation)", "exec"), ns)
+    table = gd.metrics.top_changes(ns["pred"], ns["truth"], ns["ctrl"], n_top=8)
+    assert len(table) == 8 and table.index[0] in ns["adata"].var_names
+    # the interferon response is predicted: the top genes go up, as they do in truth
+    assert (np.sign(table["predicted Δ"]) == np.sign(table["true Δ"])).mean() >= 0.75
+    assert table["predicted Δ"].abs().mean() > 0.5 * table["true Δ"].abs().mean()
