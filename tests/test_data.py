@@ -1,7 +1,6 @@
 """grndiff.data: registration, value checks, encoders, processor state, splits, pairing, batches."""
 import copy
 import logging
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
