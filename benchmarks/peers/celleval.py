@@ -44,9 +44,11 @@ import _common as C  # noqa: E402
 
 METHODS = ("scgen", "cpa", "cellflow", "grndiff", "mean_shift")
 PERT_COL, CTRL_PERT, CELLTYPE_COL = "condition", C.CTRL, "cell_type"
-#: cell-eval's headline metrics (its "minimal" profile, plus the DE-agreement ones of "full")
+#: cell-eval's headline metrics: its "minimal" profile plus the DE-agreement ones of "full".
+#: Left out: ``discrimination_score_*`` (1.0 by construction with one perturbation per context)
+#: and ``de_nsig_counts_*`` (counts, not scores).
 HEADLINE = ("pearson_delta", "mse", "mae", "overlap_at_N", "precision_at_N", "de_spearman_lfc_sig",
-            "de_direction_match", "de_sig_genes_recall", "pearson_edistance", "discrimination_score_l1")
+            "de_direction_match", "de_sig_genes_recall")
 
 
 def celleval_exe() -> str:

@@ -147,7 +147,8 @@ def run_kang(args):
                 f"training time ≤ {args.max_minutes:g} min per cell type (Lightning max_time; the best "
                 f"validation state is kept)" if args.max_minutes else None) if c) or None,
             "input": "T's control cells relabelled stim (counterfactual); NB means → log1p CP10k",
-            "groups": {T: {"seconds": round(t.seconds, 1), "epochs": epochs}}})
+            "groups": {T: {"seconds": round(t.seconds, 1), "epochs": epochs,
+                           "cap_reached": bool(args.max_minutes and t.seconds >= 60 * args.max_minutes)}}})
         print(f"{METHOD} kang2018 {T}: {t.seconds:.0f}s, {epochs} epochs", flush=True)
 
 

@@ -45,7 +45,7 @@ def fit_predict(train, T: str, max_epochs: int, seed: int):
     np.random.seed(seed)
     scgen.SCGEN.setup_anndata(train, batch_key="condition", labels_key="cell_type")
     model = scgen.SCGEN(train)
-    model.train(max_epochs=max_epochs, enable_progress_bar=False, **TRAIN)
+    model.train(max_epochs=max_epochs, **TRAIN)
     epochs = len(model.history["elbo_train"]) if "elbo_train" in model.history else None
     np.random.seed(seed)
     pred, _delta = model.predict(ctrl_key=C.CTRL, stim_key=C.STIM, celltype_to_predict=T)

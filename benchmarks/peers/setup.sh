@@ -20,7 +20,7 @@ SCGEN_SPEC="${SCGEN_SPEC:-scgen==2.1.0}"
 CPA_SPEC="${CPA_SPEC:-cpa-tools==0.8.1}"
 CELLFLOW_SPEC="${CELLFLOW_SPEC:-cellflow-tools==0.0.9}"
 CELLEVAL_SPEC="${CELLEVAL_SPEC:-cell-eval==0.8.2}"
-# The 2023 stack that torch 1.13 + scvi-tools 0.19/0.20 import with (scgen and cpa).
+# The 2023 stack that torch 1.13 + scvi-tools 0.20 import with (cpa).
 OLD_STACK='numpy<2 anndata<0.10 scipy<1.12 jax<0.4.24 jaxlib<0.4.24 scanpy<1.10'
 
 mkvenv() {  # mkvenv NAME PYTHON [PIP_SPEC]
@@ -35,7 +35,7 @@ mkvenv() {  # mkvenv NAME PYTHON [PIP_SPEC]
 setup_scgen() {
     # scgen 2.1.0 (its latest release) imports scvi._compat.Literal and LossRecorder, which
     # scvi-tools dropped in 0.20: with today's scvi-tools it fails at import. So scgen gets the
-    # stack of its time: scvi-tools 0.19.0 (pytorch-lightning 1.7), torch 1.13, numpy < 2, Python 3.10.
+    # last scvi-tools it works with: 0.19.0 (pytorch-lightning 1.7), torch 1.13, numpy 1.26, Python 3.10.
     # pytorch-lightning 1.7 has metadata that pip >= 24.1 refuses, hence the older pip.
     mkvenv scgen "$PYTHON310" "pip<24.1"
     # The versions are pinned exactly: with ranges, pip's resolver backtracks for tens of minutes.
