@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import _common as C  # noqa: E402
 
-METHODS = ("scgen", "cpa", "cellflow", "grndiff", "mean_shift")
+METHODS = ("scgen", "cpa", "cellflow", "grndiff", "grndiff_shift", "mean_shift")
 PERT_COL, CTRL_PERT, CELLTYPE_COL = "condition", C.CTRL, "cell_type"
 #: cell-eval's headline metrics: its "minimal" profile plus the DE-agreement ones of "full".
 #: Left out: ``discrimination_score_*`` (1.0 by construction with one perturbation per context)
