@@ -6,6 +6,10 @@
     grndiff sample --ckpt runs/kang/model --n-cells 500 --conditions cell_type="B cells" condition=stim --out gen.h5ad
     grndiff evaluate --real real.h5ad --generated gen.h5ad --groupby cell_type
     grndiff demo --out runs/demo
+
+Quiet by default (no Lightning banners, one progress bar on a terminal, none in a log); every
+error is one line on stderr with exit status 2. ``--verbose`` shows Lightning's output,
+``--debug`` the traceback of an error.
 """
 from __future__ import annotations
 
@@ -50,9 +54,6 @@ class AnnDataModule(L.LightningDataModule):
                       control_obs=control_obs, symbol_key=symbol_key)
         self.adata = adata
         self.processor = ExpressionProcessor().fit(adata)
-        if prior == "krumsiek11":  # the toy data set's own network (configs/tiny.yaml)
-            from .datasets import krumsiek11_network
-            prior = krumsiek11_network()
         self.graph = GeneGraph.for_anndata(adata, prior, modules, symbol_key=symbol_key, organism=organism,
                                            add_reverse=add_reverse)
         self.with_controls = False  # set from the model's source by GRNDiffCLI before fitting
@@ -121,8 +122,20 @@ def _cli_class():
             parser.add_argument("--export", type=str | None, default=None,
                                 help="directory to save the trained model for `grndiff sample` (GRNDiff.save)")
 
+        def _parse_ckpt_path(self):
+            # LightningCLI reads --ckpt_path with a bare torch.load; check it first so a truncated or
+            # unsafe file gets the same message as GRNDiff.load
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if path and Path(path).is_file():
+                from .train.checkpoint import safe_load
+                safe_load(path)
+            super()._parse_ckpt_path()
+
         def before_fit(self):
+            from .train.quiet import one_progress_bar
             self.datamodule.with_controls = self.model.source.needs_control  # the data follow the model
+            one_progress_bar(self.trainer)  # one bar per fit, none when stderr is a log file
             self.model.export_state = self.datamodule.export_state(dict(self.model.hparams))
 
         def after_fit(self):
@@ -137,17 +150,21 @@ def _cli_class():
     return GRNDiffCLI, FlowModule, AtomicCheckpointIO
 
 
-def cli_fit(argv: list[str]):
+def cli_fit(argv: list[str] | None, verbose: bool = False):
+    """``grndiff fit``/``validate``; ``argv=None`` reads ``sys.argv`` (as LightningCLI expects from a shell)."""
+    from .train.runtime import cpu_runtime
     GRNDiffCLI, FlowModule, AtomicCheckpointIO = _cli_class()
-    return GRNDiffCLI(FlowModule, AnnDataModule, args=argv, save_config_kwargs={"overwrite": True},
-                      trainer_defaults={"plugins": [AtomicCheckpointIO()], "gradient_clip_val": 1.0})
+    with cpu_runtime():  # every usable core, large tensors kept mapped (as GRNDiff.train)
+        return GRNDiffCLI(FlowModule, AnnDataModule, args=argv, save_config_kwargs={"overwrite": True},
+                          trainer_defaults={"plugins": [AtomicCheckpointIO()], "gradient_clip_val": 1.0,
+                                            "enable_model_summary": verbose})
 
 
 def _parse_conditions(items: list[str]) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise SystemExit(f"--conditions expects key=value pairs, got {it!r}")
+            raise ValueError(f"--conditions expects key=value pairs such as cell_type=\"B cells\", got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = v.strip().strip('"').strip("'")
     return out
@@ -155,9 +172,10 @@ def _parse_conditions(items: list[str]) -> dict:
 
 def cmd_sample(args) -> None:
     from .model import GRNDiff
+    from .train.quiet import stderr_is_terminal
     model = GRNDiff.load(args.ckpt)
     gen = model.sample(args.n_cells, _parse_conditions(args.conditions), n_steps=args.n_steps, method=args.method,
-                       guidance=args.guidance, seed=args.seed, counts=args.counts, progress=True)
+                       guidance=args.guidance, seed=args.seed, counts=args.counts, progress=stderr_is_terminal())
     gen.write_h5ad(args.out)
     print(f"wrote {gen.n_obs} cells × {gen.n_vars} genes to {args.out}")
 
@@ -167,6 +185,9 @@ def cmd_evaluate(args) -> None:
 
     from .metrics import evaluate
     from .data import log1p_normalized_copy
+    for flag, path in (("--real", args.real), ("--generated", args.generated)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{flag}: no .h5ad file at {path!r}")
     real = log1p_normalized_copy(ad.read_h5ad(args.real), layer=args.layer)
     gen = log1p_normalized_copy(ad.read_h5ad(args.generated))
     report = evaluate(real, gen, groupby=args.groupby)
@@ -176,12 +197,38 @@ def cmd_evaluate(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Every error ends as one line on stderr and exit code 2 (``--debug``: the traceback);
+    Lightning's banners and known-harmless warnings are silenced (``--verbose``: shown)."""
+    from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug, verbose = "--debug" in argv, "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
+    from .train.quiet import quiet
+    try:
+        with quiet(verbose):
+            _run(argv, from_shell, verbose)
+    except Exception as e:  # noqa: BLE001 — the one place where errors become a message for people
+        if debug:
+            raise
+        print(f"grndiff: error: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    return msg if isinstance(e, (ValueError, KeyError, TypeError, FileNotFoundError)) else f"{type(e).__name__}: {msg}"
+
+
+def _run(argv: list[str], from_shell: bool, verbose: bool) -> None:
     if argv and argv[0] in ("fit", "validate"):
-        cli_fit(argv)
+        if from_shell:  # LightningCLI reads sys.argv itself; give it the arguments without our flags
+            sys.argv[1:] = argv
+        cli_fit(None if from_shell else argv, verbose=verbose)
         return
     p = argparse.ArgumentParser(prog="grndiff", description="graph-based gene-regulatory diffusion models. "
-                                "`grndiff fit --help` for training (LightningCLI).")
+                                "`grndiff fit --help` for training (LightningCLI). Global flags: --verbose "
+                                "(Lightning's banners and warnings), --debug (tracebacks).")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fit", help="train from a YAML config (LightningCLI)")
     s = sub.add_parser("sample", help="generate cells from a saved model")

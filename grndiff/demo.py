@@ -55,7 +55,8 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
     g = GaussianPCA(n_comps=30, seed=seed).fit(_dense(real_train.X), real_train.obs["group"].astype(str).to_numpy())
     counts = test.obs["group"].astype(str).value_counts()
     Xg, labels = g.sample({k: int(v) for k, v in counts.items()})
-    gauss = ad.AnnData(Xg.astype(np.float32), obs=pd.DataFrame({"group": labels}), var=real_test.var[[]])
+    gauss = ad.AnnData(Xg.astype(np.float32), var=real_test.var[[]],  # str obs names: anndata would warn
+                       obs=pd.DataFrame({"group": labels}, index=[f"gaussian-{i}" for i in range(len(labels))]))
     gauss.obs["cell_type"] = [s.split(" | ")[0] for s in labels]
     gauss.obs["condition"] = [s.split(" | ")[1] for s in labels]
     generated["gaussian"] = gauss

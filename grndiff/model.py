@@ -18,12 +18,14 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .data import ExpressionProcessor, GRNDataModule, get_setup, setup_anndata
+from .data import ExpressionProcessor, get_setup, ondisk, setup_anndata
 from ._representation import TokenReadout
 from .graph import GeneGraph
 from .train import FlowModule, LossHistory
 from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
-from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, describe
+from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, default_epochs, describe
+from .train.quiet import console_kwargs, quiet
+from .train.runtime import cpu_runtime
 
 log = logging.getLogger("grndiff")
 
@@ -38,9 +40,9 @@ class GRNDiff(TokenReadout):
     adata
         Registered with :meth:`setup_anndata`. Not modified.
     prior
-        Regulatory graph: a shipped name (``"collectri"``, ``"dorothea"``), a path, a long
-        ``source,target,weight`` DataFrame, a :class:`~grndiff.graph.GeneGraph`, or ``None``
-        (no gene–gene edges: self-loops only).
+        Regulatory graph: a shipped name (``"collectri"``, ``"dorothea"``, ``"krumsiek11"``), a path,
+        a long ``source,target,weight`` DataFrame, a networkx graph, a :class:`~grndiff.graph.GeneGraph`,
+        or ``None`` (no gene–gene edges: self-loops only).
     modules
         Gene sets pooled into pathway tokens (``"hallmark"``, ``"reactome"``, path, DataFrame) or ``None``.
     backbone
@@ -96,7 +98,7 @@ class GRNDiff(TokenReadout):
         self._ensure_source(adata)  # an untrained model samples its source; train() refits on its training split
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
-        self._library_size = _median_library_size(adata, self.setup)
+        self._library_size = ondisk.median_library_size(adata, self.setup)
 
     def _build_module(self, source=None) -> FlowModule:
         return build_module(self.config, self.graph, self.processor, source)
@@ -112,25 +114,24 @@ class GRNDiff(TokenReadout):
                 f"parameters={n_par:,}, trained={self.is_trained})")
 
     # ---------------------------------------------------------------- training
+    @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def train(self, max_epochs: int | None = None, *, max_steps: int = -1, batch_size: int = 64,
               val_fraction: float = 0.1, split_seed: int | None = None, stratify_key: str | None = None,
               holdout: dict | None = None, accelerator: str = "auto", devices: Any = 1,
               precision: Any = None, seed: int | None = None, progress_bar: bool = True, logger: Any = False,
               default_root_dir: str | None = None, enable_checkpointing: bool = False, callbacks=None,
-              adata: ad.AnnData | None = None, **trainer_kwargs) -> "GRNDiff":
+              adata: ad.AnnData | None = None, verbose: bool = False, **trainer_kwargs) -> "GRNDiff":
         """Train with Lightning (CPU or GPU, ``accelerator="auto"``).
 
         ``adata`` defaults to the AnnData the model was built on (a reference; it is not modified).
         ``holdout`` ({obs key: [values]}) removes those groups from training. ``seed`` (default: the
-        model's) seeds batches, pairing and noise; ``split_seed`` (default: ``seed``) the
-        train/validation split. Returns ``self``.
+        model's) seeds batches, pairing and noise, ``split_seed`` the split; quiet unless ``verbose``.
         """
-        if adata is None:
-            adata = getattr(self, "_adata", None)
+        adata = adata if adata is not None else getattr(self, "_adata", None)
         if adata is None:
             raise ValueError("pass the training AnnData: model.train(adata=adata, ...)")
         if max_epochs is None and max_steps in (-1, None):
-            max_epochs = _default_epochs(adata.n_obs)
+            max_epochs = default_epochs(adata.n_obs)
         seed = self.config.get("seed", 0) if seed is None else int(seed)
         L.seed_everything(seed, workers=True, verbose=False)
         dm = self.datamodule(adata, batch_size=batch_size, val_fraction=val_fraction,
@@ -138,23 +139,22 @@ class GRNDiff(TokenReadout):
                              stratify_key=stratify_key, holdout=holdout)
         history = LossHistory()
         self.module.fit_source(dm)  # on exactly the training split (holdout/val excluded)
-        trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
-                            precision=precision, logger=logger, enable_progress_bar=progress_bar,
-                            enable_checkpointing=enable_checkpointing, enable_model_summary=False,
-                            default_root_dir=default_root_dir, gradient_clip_val=1.0,
-                            callbacks=[history] + list(callbacks or []), deterministic=False, **trainer_kwargs)
-        trainer.fit(self.module, datamodule=dm)
+        with quiet(verbose):  # no Lightning banners; one progress bar, on a terminal only
+            trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
+                                precision=precision, logger=logger, enable_checkpointing=enable_checkpointing,
+                                enable_model_summary=False, default_root_dir=default_root_dir, gradient_clip_val=1.0,
+                                deterministic=False, **console_kwargs(progress_bar, [history, *(callbacks or [])]),
+                                **trainer_kwargs)
+            trainer.fit(self.module, datamodule=dm)
         self.module.cpu()
         self.history = pd.concat([self.history, pd.DataFrame(history.records)], ignore_index=True)
         self.is_trained = True
         return self
 
-    def datamodule(self, adata: ad.AnnData, **kw) -> GRNDataModule:
-        """The :class:`~grndiff.data.GRNDataModule` this model trains on."""
-        needs_control = self.module.source.needs_control
-        return GRNDataModule(self.processor.prepare(adata), self.processor.scaler, adata.obs,
-                             source="control" if needs_control else "noise", match_keys=self.config["match_keys"],
-                             control_mask=self.processor.control_mask(adata), **kw)
+    def datamodule(self, adata: ad.AnnData, **kw) -> L.LightningDataModule:
+        """The data module this model trains on (streamed from disk for a backed AnnData)."""
+        return ondisk.datamodule(self.processor, adata, needs_control=self.module.source.needs_control,
+                                 match_keys=self.config["match_keys"], **kw)
 
     def _ensure_source(self, adata: ad.AnnData | None = None) -> None:
         """An untrained model uses its source too: fit it on the AnnData the model was built on."""
@@ -168,6 +168,7 @@ class GRNDiff(TokenReadout):
         self.module.cpu()
 
     # ---------------------------------------------------------------- sampling
+    @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def sample(self, n_cells: int, conditions: dict | pd.DataFrame | None = None, *, n_steps: int = 50,
                method: str = "euler", guidance: float = 1.0, seed: int = 0, batch_size: int = 1024,
                counts: bool = False, clip: bool = True, progress: bool = False) -> ad.AnnData:
@@ -199,6 +200,7 @@ class GRNDiff(TokenReadout):
             raise ValueError(f"n_cells must be ≥ 1, got {n_cells}")
         cond, pert, obs = self.processor.conditions.request(conditions, n_cells)
         self._ensure_source()
+        self.processor.conditions.warn_unseen(obs, self.module.source.unseen(cond, n_cells))
         x0 = self.module.source.draw(n_cells, cond, pert, seed=seed)
         x = self.module.generate(x0, cond, pert, n_steps=n_steps, method=method, guidance=guidance,
                                  batch_size=batch_size, progress=progress)
@@ -206,16 +208,17 @@ class GRNDiff(TokenReadout):
                   "clip": clip}
         return self._to_anndata(x, obs, params, counts=counts, seed=seed, clip=clip)
 
+    @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def predict(self, adata_ctrl: ad.AnnData, conditions: dict, *, n_steps: int = 50, method: str = "euler",
                 guidance: float = 1.0, seed: int = 0, batch_size: int = 1024, clip: bool = True,
-                progress: bool = False) -> ad.AnnData:
+                progress: bool = False, flow: bool = True) -> ad.AnnData:
         """Counterfactual: what would these control cells look like under ``conditions``?
 
         The model's source moves each control cell (``shifted_control``: by the cell-state-dependent
         shift estimated from the training contexts; ``control``: not at all) and the learned flow
-        carries it to the target conditions. Conditions not given in ``conditions`` are taken from
-        ``adata_ctrl.obs``. A model whose source only generates (``gaussian``, ``noise``) raises a
-        ``ValueError`` naming what to set.
+        carries it to the target conditions (``flow=False``: the source's estimate alone, no
+        network). Conditions not given in ``conditions`` are taken from ``adata_ctrl.obs``. A model
+        whose source only generates (``gaussian``, ``noise``) raises a ``ValueError`` naming what to set.
 
         Returns
         -------
@@ -229,11 +232,11 @@ class GRNDiff(TokenReadout):
         cond, pert, obs = self.processor.conditions.request(new, n)  # bad input is reported before the source is asked
         self._ensure_source()
         x0 = self.module.source.transport(x_ctrl, cond, pert)  # a generative source says what to set instead
-        x = self.module.generate(x0, cond, pert, n_steps=n_steps, method=method, guidance=guidance,
-                                 batch_size=batch_size, progress=progress)
+        x = x0 if not flow else self.module.generate(x0, cond, pert, n_steps=n_steps, method=method,
+                                                      guidance=guidance, batch_size=batch_size, progress=progress)
         obs.index = adata_ctrl.obs_names.astype(str) + "-pred"
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "predict",
-                  "clip": clip}
+                  "clip": clip, "flow": flow}
         return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip)
 
     def _to_anndata(self, x_scaled: torch.Tensor, obs: pd.DataFrame, params: dict, *, counts: bool, seed: int,
@@ -255,6 +258,11 @@ class GRNDiff(TokenReadout):
                          "state_dict": self.module.state_dict(), "history": self.history.to_dict(orient="list"),
                          "is_trained": self.is_trained, "library_size": float(self._library_size)},
                         dir_path, overwrite=overwrite)
+
+    @classmethod
+    def from_h5ad(cls, path: str | os.PathLike, setup: dict | None = None, **kwargs) -> "GRNDiff":
+        """Cells streamed from disk (:mod:`grndiff.data.ondisk`); ``setup``: :meth:`setup_anndata`'s arguments."""
+        return cls(ondisk.open_h5ad(path, setup), **kwargs)
 
     @classmethod
     def load(cls, dir_path: str | os.PathLike, adata: ad.AnnData | None = None) -> "GRNDiff":
@@ -286,15 +294,3 @@ class GRNDiff(TokenReadout):
     def to(self, device) -> "GRNDiff":
         self.module.to(device)
         return self
-
-
-def _median_library_size(adata, setup) -> float:
-    layer = setup.get("layer")
-    X = adata.layers[layer] if layer else adata.X
-    tot = np.asarray(X.sum(1)).ravel()
-    return float(np.median(tot)) if setup.get("kind", "counts") == "counts" and tot.size else 1e4
-
-
-def _default_epochs(n_obs: int) -> int:
-    # aim for ~3,000 optimiser steps at batch 64, between 10 and 400 epochs
-    return int(np.clip(3000 * 64 / max(n_obs, 1), 10, 400))

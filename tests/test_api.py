@@ -168,3 +168,26 @@ def test_readme_perturbation_snippet():
     # the interferon response is predicted: the top genes go up, as they do in truth
     assert (np.sign(table["predicted Δ"]) == np.sign(table["true Δ"])).mean() >= 0.75
     assert table["predicted Δ"].abs().mean() > 0.5 * table["true Δ"].abs().mean()
+
+
+def test_predict_without_the_flow_is_the_source_estimate_alone():
+    a = gd.datasets.krumsiek11()
+    a.obs["treat"] = np.where(np.arange(a.n_obs) % 2 == 0, "ctrl", "drug")
+    X = np.asarray(a.X, dtype=np.float32).copy()
+    X[a.obs["treat"].to_numpy() == "drug", 0] += 0.5  # the drug raises gene 0
+    a.X = X
+    GRNDiff.setup_anndata(a, condition_keys=["cell_type", "treat"], control_obs={"treat": "ctrl"})
+    # k = 3 axes: with 11 genes the default 100 would fix every coordinate and leave the flow nothing to move
+    m = GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, hidden=8, depth=1, token_depth=0,
+                source={"name": "shifted_control", "k": 3}, lr=3e-3, warmup_steps=2)
+    m.train(max_steps=30, batch_size=32, progress_bar=False)
+    ctrl = a[(a.obs["treat"] == "ctrl").to_numpy()][:40].copy()
+    shifted = m.predict(ctrl, {"treat": "drug"}, flow=False, clip=False)
+    cond, pert, _ = m.processor.conditions.request({"cell_type": ctrl.obs["cell_type"].to_numpy(), "treat": "drug"}, 40)
+    x0 = m.module.source.transport(torch.as_tensor(m.processor.scaled_dense(ctrl)), cond, pert)
+    expected = m.processor.to_anndata(x0.numpy(), ctrl.obs[[]].copy(), {}, clip=False).X
+    np.testing.assert_allclose(shifted.X, expected, atol=1e-5)
+    assert shifted.uns["grndiff"]["params"]["flow"] is False
+    assert (shifted.X[:, 0] - np.asarray(ctrl.X)[:, 0]).mean() > 0.25  # the drug's shift, no network
+    with_flow = m.predict(ctrl, {"treat": "drug"}, n_steps=4, clip=False)
+    assert np.abs(with_flow.X - shifted.X).max() > 1e-3  # the trained flow moved the cells further

@@ -122,7 +122,9 @@ def test_training_from_backed_file(h5ad_counts, precision):
 @pytest.mark.slow
 def test_ddp_fit_through_cli(tmp_path):
     """`grndiff fit ... --trainer.strategy ddp --trainer.devices 2` on CPU (gloo), as a subprocess."""
-    cmd = [sys.executable, "-m", "grndiff.cli", "fit", "--config", "configs/tiny.yaml", "--trainer.strategy", "ddp",
+    # --verbose: Lightning's own closing line ("max_steps=5 reached") is what says both ranks finished
+    cmd = [sys.executable, "-m", "grndiff.cli", "fit", "--verbose", "--config", "configs/tiny.yaml",
+           "--trainer.strategy", "ddp",
            "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.max_steps", "5",
            "--trainer.default_root_dir", str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PYTHONWARNINGS="ignore")

@@ -9,6 +9,9 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import subprocess
+import sys
+import warnings
 
 import anndata as ad
 import lightning as L
@@ -20,7 +23,7 @@ import torch
 
 import grndiff as gd
 from grndiff import GRNDiff
-from grndiff.data import UnknownConditionError
+from grndiff.data import GRNDiffWarning, UnknownConditionError
 from grndiff.train import AtomicCheckpointIO
 from grndiff.train.checkpoint import safe_load
 
@@ -188,6 +191,60 @@ def _truncated_ckpt(ctx):
     return ctx["adata"], lambda: AtomicCheckpointIO().load_checkpoint(path)
 
 
+def _nan_counts(a):
+    X = a.layers["counts"].toarray()
+    X[3, 2] = np.nan
+    a.layers["counts"] = sp.csr_matrix(X)
+
+
+def _int8_saturated(X):
+    return np.clip(np.round(np.asarray(X) * 1000), 0, 127).astype(np.int8)  # counts clipped at the type's maximum
+
+
+def _kinds_data() -> ad.AnnData:
+    """krumsiek11 with knock-outs (the default kind) and activations of Gata2 and Gfi1."""
+    a = _krumsiek(register=False)
+    labels = np.array(["control", "Gata2", "Gata2:up", "Gfi1", "Gfi1:activation"], dtype=object)
+    a.obs["perturbation"] = labels[np.arange(a.n_obs) % len(labels)]
+    return a
+
+
+def _unseen_kind(ctx):
+    a = _kinds_data()
+    GRNDiff.setup_anndata(a, perturbation_key="perturbation")
+    model = GRNDiff(a, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source="gaussian")
+    return a, lambda: model.sample(4, {"perturbation": "Gata2", "kind": "overexpression"})
+
+
+def _kind_without_gene(ctx):
+    a = _kinds_data()
+    GRNDiff.setup_anndata(a, perturbation_key="perturbation")
+    model = GRNDiff(a, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source="gaussian")
+    return a, lambda: model.sample(4, {"kind": "activation"})
+
+
+def _backed(ctx, name="backed.h5ad"):
+    a = _krumsiek(register=False)
+    a.X = sp.csr_matrix(a.X)
+    path = ctx["tmp"] / name
+    a.write_h5ad(path)
+    b = ad.read_h5ad(path, backed="r")
+    GRNDiff.setup_anndata(b, condition_keys=["cell_type"])
+    return b
+
+
+def _backed_holdout(ctx):
+    b = _backed(ctx)
+    model = GRNDiff(b, prior=None, modules=None, backbone="mlp", hidden=8, depth=1)
+    return b, lambda: model.train(max_steps=1, holdout={"cell_type": ["Mk"]}, progress_bar=False)
+
+
+def _backed_control_source(ctx):
+    b = _backed(ctx, "backed-ctrl.h5ad")
+    GRNDiff.setup_anndata(b, condition_keys=["cell_type"], control_obs={"cell_type": "progenitor"})
+    return b, lambda: GRNDiff(b, prior=None, modules=None, backbone="mlp", hidden=8, depth=1)
+
+
 # (id, make(ctx) -> (AnnData that must stay unchanged, call), exception, message fragments)
 BAD_INPUTS = [
     ("nan", _set(X=_with_nan), ValueError, ["adata.X", "1 NaN", "finite", "layer='counts'"]),
@@ -225,14 +282,27 @@ BAD_INPUTS = [
      ["adata.var_names", "3 missing", "'Gfi1'", "every gene it was trained on"]),
     ("genes-differ-load", _genes_renamed_load, ValueError,
      ["adata.var_names", "2 missing", "2 extra", "'Gata2_v2'", "retrain"]),
-    ("model-file-garbage", _file_case(_garbage), ValueError, ["cannot load", "corrupted", "Re-save or retrain"]),
-    ("model-file-truncated", _file_case(_truncated), ValueError, ["cannot load", "truncated", "Re-save or retrain"]),
+    ("model-file-garbage", _file_case(_garbage), ValueError, ["cannot load", "corrupted", "re-save or retrain"]),
+    ("model-file-truncated", _file_case(_truncated), ValueError, ["cannot load", "truncated", "re-save or retrain"]),
     ("model-format-version", _file_case(_future_format), ValueError,
      ["model format 99", f"reads format {gd.train.checkpoint.FORMAT_VERSION}", "grndiff version that wrote it"]),
     ("not-a-model-file", _file_case(_not_a_model), ValueError, ["not a grndiff model file"]),
-    ("checkpoint-truncated", _truncated_ckpt, ValueError, ["refusing to load", "half.ckpt", "truncated", "retrain"]),
+    ("checkpoint-truncated", _truncated_ckpt, ValueError, ["cannot load", "half.ckpt", "truncated", "retrain"]),
     ("not-registered", lambda ctx: (lambda a: (a, lambda: GRNDiff(a, prior=None, modules=None)))(
         _krumsiek(register=False)), ValueError, ["adata.uns['_grndiff']", "setup_anndata"]),
+    ("nan-in-counts-layer", _counts_case(_nan_counts), ValueError,
+     ["adata.layers['counts']", "1 NaN", "re-read or recompute this layer"]),
+    ("int8-saturated", _set(X=_int8_saturated), ValueError, ["adata.X", "int8", "127", "float32 or int32"]),
+    ("perturbation-kind-unseen", _unseen_kind, UnknownConditionError,
+     ["obs['perturbation']", "['oe']", "never occur in training", "['ko', 'crispra']"]),
+    ("perturbation-kind-without-gene", _kind_without_gene, UnknownConditionError,
+     ["'kind'", "'perturbation' is not given", "'activation'"]),
+    ("perturbation-kind-unknown-word", lambda ctx: (lambda a: (a, lambda: GRNDiff.setup_anndata(
+        a, perturbation_key="perturbation", perturbation_kind="crisprx")))(_kinds_data()), ValueError,
+     ["perturbation_kind", "'crisprx'", "crispra", "activation"]),
+    ("backed-holdout", _backed_holdout, ValueError, ["holdout=", "backed", "adata.to_memory()"]),
+    ("backed-control-source", _backed_control_source, ValueError,
+     ["control cell", "streaming from disk", "source='gaussian'", "adata.to_memory()"]),
 ]
 
 
@@ -269,13 +339,13 @@ def assert_unchanged(before: ad.AnnData, after: ad.AnnData) -> None:
 def test_bad_input_clear_error_and_anndata_unchanged(case, ctx):
     _, make, exc, fragments = case
     adata, call = make(ctx)
-    before = copy.deepcopy(adata)
+    before = adata.to_memory() if adata.isbacked else copy.deepcopy(adata)  # h5py handles do not deepcopy
     with pytest.raises(exc) as info:
         call()
     msg = str(info.value.args[0]) if isinstance(info.value, KeyError) else str(info.value)
     missing = [f for f in fragments if f not in msg]
     assert not missing, f"message lacks {missing}: {msg}"
-    assert_unchanged(before, adata)
+    assert_unchanged(before, adata.to_memory() if adata.isbacked else adata)
 
 
 def test_all_zero_genes_are_accepted_with_floored_std(ctx):
@@ -328,12 +398,12 @@ def test_malicious_pickle_is_refused_and_never_runs(ctx, tmp_path):
     raw = tmp_path / "evil.pkl"
     raw.write_bytes(pickle.dumps(_Evil(marker)))
 
-    with pytest.raises(ValueError, match="cannot load .*not a grndiff model saved with plain tensors"):
+    with pytest.raises(ValueError, match="cannot load .*never unpickles code"):
         GRNDiff.load(tmp_path / "m")
     for path in (ckpt, raw, tmp_path / "m" / "model.pt"):
-        with pytest.raises(ValueError, match="refusing to load .*never unpickles code"):
+        with pytest.raises(ValueError, match="cannot load .*never unpickles code"):
             safe_load(path)
-        with pytest.raises(ValueError, match="refusing to load"):
+        with pytest.raises(ValueError, match="cannot load .*refuses to load it"):
             AtomicCheckpointIO().load_checkpoint(path)
     with pytest.raises(ValueError, match="cannot load"):
         GRNDiff.load(ckpt)
@@ -452,3 +522,243 @@ def test_nan_loss_stops_training_before_a_checkpoint(ctx, tmp_path):
     assert steps and max(steps) == bad_at, sorted(steps)
     assert not list(ckdir.glob("*.tmp")) and not list(ckdir.glob(".*"))
     L.seed_everything(0, verbose=False)
+
+
+# ------------------------------------------------------------ silent fallbacks warn
+def _two_keys() -> ad.AnnData:
+    """krumsiek11 with a condition column, no (Mk, stim) cell, and a dose in [0, 10]."""
+    a = _krumsiek(register=False)
+    a.obs["condition"] = pd.Categorical(np.where(np.arange(a.n_obs) % 2, "stim", "ctrl"))
+    a = a[~((a.obs["cell_type"] == "Mk") & (a.obs["condition"] == "stim")).to_numpy()].copy()
+    a.obs["dose"] = np.linspace(0.0, 10.0, a.n_obs)
+    GRNDiff.setup_anndata(a, condition_keys=["cell_type", "condition"], continuous_keys=["dose"])
+    return a
+
+
+def _grndiff_warnings(call) -> list[str]:
+    from grndiff.data import conditions
+
+    conditions._WARNED.clear()  # each test starts a fresh session
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")  # grndiff itself shows each message once
+        call()
+    return [str(w.message) for w in rec if issubclass(w.category, GRNDiffWarning)]
+
+
+def test_sampling_fallbacks_warn_once_naming_the_fix():
+    a = _two_keys()
+    model = GRNDiff(a, prior=None, modules=None, backbone="mlp", hidden=8, depth=1, source="gaussian")
+    before = copy.deepcopy(a)
+
+    def unseen_twice():
+        for _ in range(2):
+            model.sample(4, {"cell_type": "Mk", "condition": "stim", "dose": 5.0}, n_steps=2)
+
+    msgs = _grndiff_warnings(unseen_twice)
+    assert len(msgs) == 1, msgs  # once, not per call
+    assert all(f in msgs[0] for f in ("never seen in training", "cell_type='Mk', condition='stim'", "pooled",
+                                      "model.predict")), msgs[0]
+    assert _grndiff_warnings(lambda: model.sample(4, {"cell_type": "Mk", "condition": "ctrl", "dose": 5.0},
+                                                  n_steps=2)) == []
+    far = _grndiff_warnings(lambda: model.sample(4, {"cell_type": "Ery", "condition": "stim", "dose": 100.0},
+                                                 n_steps=2))
+    assert len(far) == 1 and "'dose'" in far[0] and "training range [0, 10]" in far[0] and "extrapolates" in far[0]
+    assert _grndiff_warnings(lambda: model.sample(4, {"dose": 11.0}, n_steps=2)) == []  # near the range: fine
+    gen = model.sample(3, {"cell_type": None, "condition": "stim"}, n_steps=2)
+    assert gen.obs["cell_type"].isna().all() and "None" not in list(gen.obs["cell_type"].cat.categories)
+    assert_unchanged(before, a)
+
+
+def _float16(a):
+    a.X = a.X.astype(np.float16)
+    return {}
+
+
+def _int8(a):
+    a.X = np.round(np.asarray(a.X) * 10).astype(np.int8)
+    return {}
+
+
+def _deep_cell(a):
+    X = np.round(np.asarray(a.X) * 10).astype(np.float32)
+    X[1] = np.round(X[1] * 1e9 / X[1].sum())
+    a.layers["counts"] = sp.csr_matrix(X)
+    return {"layer": "counts"}
+
+
+@pytest.mark.parametrize("defect, fragments", [
+    (_float16, ["adata.X", "float16", "astype(np.float32)"]),
+    (_int8, ["adata.X", "int8", "overflow", "astype(np.float32)"]),
+    (_deep_cell, ["adata.layers['counts']", "1e+09 counts", "raw UMI counts", "<= 1e8"]),
+], ids=["float16", "int8", "1e9-counts"])
+def test_lossy_or_absurd_matrices_warn_at_setup(defect, fragments):
+    a = _krumsiek(register=False)
+    kw = defect(a)
+    before = copy.deepcopy(a)
+    msgs = _grndiff_warnings(lambda: GRNDiff.setup_anndata(a, condition_keys=["cell_type"], **kw))
+    assert len(msgs) == 1 and all(f in msgs[0] for f in fragments), msgs
+    del a.uns["_grndiff"]  # the registration is the only change
+    assert_unchanged(before, a)
+
+
+def test_nan_in_the_counts_layer_does_not_advise_the_counts_layer():
+    a = _counts()
+    _nan_counts(a)
+    with pytest.raises(ValueError) as info:
+        GRNDiff.setup_anndata(a, layer="counts")
+    assert "layer='counts'" not in str(info.value) and "adata.layers['counts']" in str(info.value)
+
+
+# ------------------------------------------------------------------ priors
+def test_prior_accepts_networkx_graphs_and_every_shipped_name():
+    import networkx as nx
+
+    from grndiff.graph import GeneGraph
+
+    a = _krumsiek()
+    net = gd.datasets.krumsiek11_network()
+    g = nx.DiGraph()
+    g.add_weighted_edges_from(net[["source", "target", "weight"]].itertuples(index=False))
+
+    def edges(graph):
+        i = graph.edge_index.numpy()
+        return sorted(zip(i[0], i[1], graph.edge_sign.numpy()))
+
+    reference = edges(GeneGraph.for_anndata(a, net, None))
+    assert edges(GeneGraph.for_anndata(a, g, None)) == reference
+    assert edges(GeneGraph.for_anndata(a, "krumsiek11", None)) == reference
+    model = GRNDiff(a, prior=g, modules=None, hidden=8, heads=2, depth=1, token_depth=0)
+    assert edges(model.graph) == reference and model.config["prior"] == "DiGraph"
+
+
+# ------------------------------------------------------------------ out of core
+def test_readme_out_of_core_snippet(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- out-of-core:")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(block, "README.md (out-of-core)", "exec"), ns)
+    assert isinstance(ns["model"], GRNDiff) and ns["model"].is_trained
+    assert ns["cells"].n_obs == 100 and (ns["cells"].obs["cell_type"] == "Mk").all()
+
+
+def test_from_h5ad_streams_from_disk_like_the_in_memory_model(tmp_path):
+    from grndiff.data import BackedDataModule
+
+    a = _krumsiek(register=False)
+    a.X = sp.csr_matrix(a.X)
+    a.write_h5ad(tmp_path / "k.h5ad")
+    kw = dict(prior="krumsiek11", modules=None, hidden=8, heads=2, depth=1, token_depth=0)
+    disk = GRNDiff.from_h5ad(tmp_path / "k.h5ad", setup={"condition_keys": ["cell_type"]}, **kw)
+    assert disk._adata.isbacked and isinstance(disk.datamodule(disk._adata, val_fraction=0.1), BackedDataModule)
+    GRNDiff.setup_anndata(a, condition_keys=["cell_type"])
+    memory = GRNDiff(a, **kw)
+    assert np.allclose(disk.processor.scaler.mean, memory.processor.scaler.mean, atol=1e-5)
+    assert np.allclose(disk.processor.scaler.std, memory.processor.scaler.std, atol=1e-5)
+    disk.train(max_steps=5, batch_size=32, progress_bar=False)
+    assert disk.is_trained and len(disk.history) and np.isfinite(disk.history["train_loss"]).all()
+    disk.save(tmp_path / "m")
+    again = GRNDiff.load(tmp_path / "m")
+    s1, s2 = disk.sample(8, {"cell_type": "Mk"}, n_steps=3, seed=1), again.sample(8, {"cell_type": "Mk"}, n_steps=3, seed=1)
+    assert np.array_equal(s1.X, s2.X)
+
+
+# ------------------------------------------------------------------ a quiet console
+_TRAIN_20 = """
+import grndiff as gd
+from grndiff import GRNDiff
+a = gd.datasets.krumsiek11()
+GRNDiff.setup_anndata(a, condition_keys=["cell_type"])
+m = GRNDiff(a, prior="krumsiek11", modules=None, hidden=8, heads=2, depth=1, token_depth=0)
+m.train(max_steps=20, progress_bar=False)
+"""
+
+
+def test_twenty_step_train_prints_nothing():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    r = subprocess.run([sys.executable, "-c", _TRAIN_20], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    printed = (r.stdout + r.stderr).splitlines()
+    assert len(printed) == 0, printed
+
+
+def test_quiet_is_scoped_and_never_hides_grndiff_warnings():
+    import logging
+
+    from grndiff.data.conditions import warn
+    from grndiff.train.quiet import quiet
+
+    lightning_log = logging.getLogger("lightning.pytorch")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with quiet():
+            assert not lightning_log.isEnabledFor(logging.INFO)
+            warnings.warn("Found 7 module(s) in eval mode at the start of training.", UserWarning)
+            warn("a grndiff fallback")
+        with quiet(verbose=True):
+            assert lightning_log.isEnabledFor(logging.INFO)
+            warnings.warn("Found 7 module(s) in eval mode at the start of training.", UserWarning)
+    assert lightning_log.isEnabledFor(logging.INFO)  # restored after the block
+    assert [str(w.message)[:5] for w in rec] == ["a grn", "Found"]
+
+
+def test_one_progress_bar_only_on_a_terminal(ctx, monkeypatch, capfd):
+    from grndiff.train import quiet
+
+    assert quiet.progress_callbacks(True) == (False, [])  # pytest's stderr is not a terminal
+    monkeypatch.setattr(quiet, "stderr_is_terminal", lambda: True)
+    on, bars = quiet.progress_callbacks(True)
+    assert on and len(bars) == 1 and isinstance(bars[0], quiet.FitProgressBar)
+    assert quiet.progress_callbacks(False) == (False, [])
+    capfd.readouterr()
+    _small_model(ctx["adata"]).train(max_steps=6, batch_size=64, val_fraction=0.2)
+    out = capfd.readouterr()
+    assert "training" in out.err and "6/6" in out.err
+    assert not any(w in out.out + out.err for w in ("Validation", "Sanity", "Epoch", "GPU available"))
+
+
+# ------------------------------------------------------------------ perturbation kinds
+def test_one_model_holds_knockouts_and_activations(tmp_path):
+    a = _kinds_data()
+    GRNDiff.setup_anndata(a, perturbation_key="perturbation")  # default kind: knock-out
+    model = GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, hidden=8, heads=2, depth=1,
+                    token_depth=0, source="noise")  # (a Gaussian on all 11 axes would leave the flow nothing to do)
+    enc = model.processor.conditions.perturbation
+    assert enc.kinds == ["ko", "crispra"] and model.module.net.pert_embed.n_kinds == 2
+    G = a.n_vars
+    gata2 = list(a.var_names).index("Gata2")
+    codes = enc.encode(["Gata2", "Gata2:up", "Gata2:crispra", "control"])
+    assert codes[:, 0].tolist() == [gata2, gata2 + G, gata2 + G, -1]
+    assert list(enc.decode(codes[:2])) == ["Gata2", "Gata2:crispra"]
+    model.train(max_steps=15, batch_size=64, val_fraction=0.0, progress_bar=False)
+    up = model.sample(16, {"perturbation": "Gata2", "kind": "activation"}, n_steps=4, seed=3)
+    assert np.array_equal(up.X, model.sample(16, {"perturbation": "Gata2:up"}, n_steps=4, seed=3).X)
+    ko = model.sample(16, {"perturbation": "Gata2"}, n_steps=4, seed=3)
+    assert not np.allclose(up.X, ko.X)  # a learned flag per kind
+    model.save(tmp_path / "m")
+    again = GRNDiff.load(tmp_path / "m")
+    assert np.array_equal(again.sample(16, {"perturbation": "Gata2:up"}, n_steps=4, seed=3).X, up.X)
+
+
+def test_single_kind_embedder_is_the_multi_kind_one_restricted_to_kind_zero():
+    from grndiff.nn import PerturbationEmbedder
+
+    torch.manual_seed(0)
+    G, D = 11, 8
+    ei = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    one = PerturbationEmbedder(G, D, ei, torch.tensor([1, -1, 1, 1, -1]), hops=2)
+    two = PerturbationEmbedder(G, D, ei, torch.tensor([1, -1, 1, 1, -1]), hops=2, n_kinds=2)
+    assert "kind_flags" not in dict(one.named_parameters())  # one kind: the state dict of old models
+    with torch.no_grad():
+        two.flag.copy_(one.flag)
+        two.prop.weight.zero_()
+        two.prop.weight[:, :4].copy_(one.prop.weight)  # kind-0 channels come first
+        two.prop.bias.copy_(one.prop.bias)
+        two.global_mlp.load_state_dict(one.global_mlp.state_dict())
+    pert, ident = torch.tensor([[0, 3], [2, -1], [-1, -1]]), torch.randn(G, D)
+    for x, y in zip(one(pert, ident), two(pert, ident)):
+        assert torch.allclose(x, y, atol=1e-6)
+    node_up, _ = two(pert + G * (pert >= 0), ident)  # the same genes, activated
+    assert not torch.allclose(node_up, two(pert, ident)[0])

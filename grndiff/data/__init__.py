@@ -6,22 +6,30 @@
     proc = ExpressionProcessor().fit(adata)          # layer kind, gene scaler, condition encoders
     dm = GRNDataModule(proc.prepare(adata), proc.scaler, adata.obs, batch_size=128)
 
+A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is streamed from disk instead
+(:mod:`grndiff.data.ondisk`, :mod:`grndiff.data.backed`). Gene perturbations and their kinds are
+encoded by :mod:`grndiff.data.perturbation`. Fallbacks the user should know about raise a
+:class:`GRNDiffWarning` once.
+
 Nothing here imports :mod:`grndiff.nn`, :mod:`grndiff.flow` or :mod:`grndiff.train`.
 """
 from .condition_set import ConditionSet
-from .conditions import (CategoricalEncoder, ContinuousEncoder, HierarchicalEncoder, PerturbationEncoder, SetEncoder,
-                         UnknownConditionError, split_combo)
+from .conditions import (CategoricalEncoder, ContinuousEncoder, GRNDiffWarning, HierarchicalEncoder, SetEncoder,
+                         UnknownConditionError, register_condition_kind, split_combo)
+from .perturbation import PerturbationEncoder
 from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
 from .backed import BackedCellDataset, BackedCSR, BackedDataModule, streaming_scaler
 from .module import GRNDataModule, holdout_mask, split_indices
 from .normalize import (LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k,
                         log1p_normalized_copy)
 from .processor import CellData, ExpressionProcessor
+from . import ondisk
 from .setup import get_setup, setup_anndata
 
 __all__ = [
+    "register_condition_kind",
     "BackedCSR", "BackedCellDataset", "BackedDataModule", "BatchIndex", "CategoricalEncoder", "CellBatchSampler", "CellData", "CellDataset", "ConditionSet",
-    "ContinuousEncoder", "ControlPairing", "ExpressionProcessor", "GRNDataModule", "GeneScaler",
+    "ContinuousEncoder", "ControlPairing", "GRNDiffWarning", "ExpressionProcessor", "GRNDataModule", "GeneScaler",
     "HierarchicalEncoder", "LOG_MAX", "MIN_STD", "PerturbationEncoder", "SetEncoder", "UnknownConditionError",
     "check_values", "detect_kind", "get_setup", "holdout_mask", "log1p_cp10k", "log1p_normalized_copy",
     "match_groups", "setup_anndata", "split_combo", "split_indices", "streaming_scaler",

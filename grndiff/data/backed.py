@@ -190,6 +190,8 @@ class BackedCellDataset(IterableDataset):
     cond
         ``{name: (N,) or (N, S) array}`` condition codes of ALL cells of the file (small: held in
         memory), sliced per batch like :class:`~grndiff.data.CellDataset`.
+    pert
+        Optional (N, S) int64 perturbed-gene indices (-1 padded) of all cells: the batches' ``pert``.
     block_size, blocks_per_fetch
         Shuffling granularity: contiguous reads of ``block_size`` cells, ``blocks_per_fetch`` of
         them mixed per fetch. ``block_size=1`` is a full per-cell shuffle (slow on disk).
@@ -202,8 +204,9 @@ class BackedCellDataset(IterableDataset):
     """
 
     def __init__(self, reader: BackedCSR, scaler: GeneScaler, batch_size: int = 64, *, rows=None,
-                 kind: str = "counts", target_sum: float = 1e4, cond: dict | None = None, block_size: int = 1024,
-                 blocks_per_fetch: int = 8, shuffle: bool = True, drop_last: bool = True, seed: int = 0):
+                 kind: str = "counts", target_sum: float = 1e4, cond: dict | None = None, pert=None,
+                 block_size: int = 1024, blocks_per_fetch: int = 8, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if scaler.n_genes != reader.n_vars:
@@ -212,9 +215,10 @@ class BackedCellDataset(IterableDataset):
         self.batch_size, self.block_size, self.blocks_per_fetch = int(batch_size), int(block_size), int(blocks_per_fetch)
         self.rows = (0, reader.n_obs) if rows is None else (int(rows[0]), min(int(rows[1]), reader.n_obs))
         self.cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
-        for k, v in self.cond.items():
+        self.pert = None if pert is None else np.asarray(pert, dtype=np.int64)
+        for k, v in {**self.cond, **({} if self.pert is None else {"pert": self.pert})}.items():
             if v.shape[0] != reader.n_obs:
-                raise ValueError(f"cond[{k!r}] has {v.shape[0]} rows but the file has {reader.n_obs} cells")
+                raise ValueError(f"{k!r} has {v.shape[0]} rows but the file has {reader.n_obs} cells")
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -278,6 +282,8 @@ class BackedCellDataset(IterableDataset):
                 sel = order[b * B:(b + 1) * B]
                 out = {"x": self._scaled(X[sel]),
                        "cond": {k: torch.from_numpy(np.ascontiguousarray(v[rows[sel]])) for k, v in self.cond.items()}}
+                if self.pert is not None:
+                    out["pert"] = torch.from_numpy(np.ascontiguousarray(self.pert[rows[sel]]))
                 yield out
 
 
@@ -297,16 +303,16 @@ class BackedDataModule(L.LightningDataModule):
         The LAST ``val_fraction`` of the rows (whole blocks) are the validation cells: a range,
         so both parts stay contiguous on disk. Shuffle the file once beforehand if its rows are
         sorted by a covariate.
-    cond
-        ``{name: (N,) codes}`` for all cells of the file, e.g. from
-        ``ExpressionProcessor.conditions.encode(obs)`` fitted on the obs table.
+    cond, pert
+        ``{name: (N,) codes}`` and (N, S) perturbed-gene indices for all cells of the file, e.g.
+        from ``ExpressionProcessor.conditions.encode(obs)`` fitted on the obs table.
     num_workers
         ``DataLoader`` workers; each opens its own file handle and reads its own blocks.
     """
 
     def __init__(self, path: str | os.PathLike, scaler: GeneScaler | None = None, *, layer: str | None = None,
                  kind: str = "counts", batch_size: int = 64, val_fraction: float = 0.0, cond: dict | None = None,
-                 block_size: int = 1024, blocks_per_fetch: int = 8, seed: int = 0, num_workers: int = 0,
+                 pert=None, block_size: int = 1024, blocks_per_fetch: int = 8, seed: int = 0, num_workers: int = 0,
                  target_sum: float = 1e4):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -319,7 +325,7 @@ class BackedDataModule(L.LightningDataModule):
         if scaler is None:
             scaler = streaming_scaler(path, layer, kind=kind, rows=self.train_rows, target_sum=target_sum)
         self.scaler, self.num_workers = scaler, int(num_workers)
-        common = dict(kind=kind, target_sum=target_sum, cond=cond, block_size=block_size,
+        common = dict(kind=kind, target_sum=target_sum, cond=cond, pert=pert, block_size=block_size,
                       blocks_per_fetch=blocks_per_fetch, seed=seed)
         self.train_set = BackedCellDataset(self.reader, scaler, batch_size, rows=self.train_rows, shuffle=True,
                                            drop_last=True, **common)

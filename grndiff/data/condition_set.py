@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .conditions import (ENCODERS, CategoricalEncoder, ContinuousEncoder, HierarchicalEncoder, PerturbationEncoder,
-                         SetEncoder, UnknownConditionError)
+from .conditions import (ENCODERS, CategoricalEncoder, ContinuousEncoder, HierarchicalEncoder, SetEncoder,
+                         UnknownConditionError, warn)
+from .perturbation import PerturbationEncoder, with_kind
 
 
 class ConditionSet:
@@ -47,12 +48,14 @@ class ConditionSet:
         encs += [SetEncoder(k, ctrl, sep) for k in setup.get("set_keys", [])]
         if setup.get("hierarchy"):
             encs.append(HierarchicalEncoder(setup["hierarchy"]))
+        encs += [ENCODERS[kind](k) for k, kind in (setup.get("condition_kinds") or {}).items()]
         pert = None
         if setup.get("perturbation_key"):
             if genes is None:
                 raise ValueError("a perturbation_key needs the gene names to match perturbations against")
             pert = PerturbationEncoder(genes, ctrl, sep, bool(setup.get("allow_missing_genes", False)),
-                                       name=setup["perturbation_key"])
+                                       name=setup["perturbation_key"],
+                                       default_kind=setup.get("perturbation_kind", "ko"))
         return cls(encs, pert)
 
     # ---------------------------------------------------------------- names
@@ -117,8 +120,27 @@ class ConditionSet:
                 raise ValueError(f"conditions has {len(conditions)} rows but n_cells={n}")
             conditions = {k: conditions[k].to_numpy() for k in conditions.columns}
         cond, pert = self.encode_dict(conditions, n)
-        obs = pd.DataFrame({k: (np.repeat(v, n) if np.ndim(v) == 0 else np.asarray(v)) for k, v in conditions.items()})
+        # a key set to None is unconditional (null token): a missing value in obs, never the string 'None'
+        obs = pd.DataFrame({k: (np.repeat(v, n) if np.ndim(v) == 0 else np.asarray(v)) if v is not None else
+                            pd.Series([np.nan] * n, dtype=object) for k, v in conditions.items()})
         return ({k: torch.as_tensor(v) for k, v in cond.items()}, None if pert is None else torch.as_tensor(pert), obs)
+
+    def warn_unseen(self, obs: pd.DataFrame, unseen) -> None:
+        """Warn (once per combination) when cells were requested for a combination of categorical
+        conditions that no training cell had: ``unseen`` (n,) bool, from the source."""
+        unseen = np.asarray(unseen, dtype=bool)
+        if not unseen.any():
+            return
+        keys = [k for k in self.keys if k in obs.columns and isinstance(self._encoder(k), CategoricalEncoder)]
+        combos = sorted({", ".join(f"{k}='{obs[k].iloc[i]}'" for k in keys) for i in np.flatnonzero(unseen)})
+        warn(f"{int(unseen.sum())} cells requested for condition combinations never seen in training "
+             f"({'; '.join(combos[:5])}{' …' if len(combos) > 5 else ''}): their x₀ is drawn from the source "
+             "pooled over all training cells, so they drift toward the average cell (e.g. unstimulated). Train with "
+             "cells of these combinations, or predict them from control cells with model.predict(ctrl, "
+             "conditions) and source='shifted_control'.")
+
+    def _encoder(self, key: str):
+        return next((e for e in self.encoders if e.name == key), None)
 
     def encode_dict(self, conditions: dict | None, n: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Conditions for ``n`` cells to generate.
@@ -141,6 +163,7 @@ class ConditionSet:
             model has no perturbation key).
         """
         conditions = dict(conditions or {})
+        kind = conditions.pop("kind", None) if self.perturbation is not None and "kind" not in self.keys else None
         unknown = [k for k in conditions if k not in self.keys]
         if unknown:
             close = [m for k in unknown for m in difflib.get_close_matches(k, self.keys, n=1)]
@@ -160,6 +183,12 @@ class ConditionSet:
         pert = None
         if self.perturbation is not None:
             p = self.perturbation.name
+            if kind is not None and p not in given:
+                raise UnknownConditionError(f"'kind' says how the genes of {p!r} are perturbed, but {p!r} is not "
+                                            f"given; e.g. {{{p!r}: 'KLF1', 'kind': 'activation'}}")
+            if p in given and kind is not None:  # {"perturbation": "KLF1", "kind": "activation"}
+                given[p] = with_kind(given[p], _broadcast("kind", kind, n), self.perturbation.combo_sep,
+                                     self.perturbation.control)
             pert = self.perturbation.encode(given[p]) if p in given else np.full((n, 1), -1, dtype=np.int64)
         return cond, pert
 
@@ -191,6 +220,8 @@ def _broadcast(key: str, value, n: int) -> np.ndarray:
 
 
 def _null(enc, n: int) -> np.ndarray:
+    if hasattr(enc, "null"):  # a registered kind says what "unconditional" is
+        return enc.null(n)
     if isinstance(enc, ContinuousEncoder):
         return np.full(n, np.nan, dtype=np.float32)  # grndiff.nn reads NaN as the continuous null
     if isinstance(enc, SetEncoder):

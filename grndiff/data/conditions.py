@@ -7,8 +7,10 @@ categorical     (N,) int64, categories 1..K     0 = null token (classifier-free 
 continuous      (N,) float32, standardised      NaN = null (only through ``ConditionSet.encode_dict``)
 set             (N, S) int64, components 1..K   0 = padding; the control label = the empty set
 hierarchical    (N, L) int64, one per level     0 per level
-perturbation    (N, S) int64 gene indices       -1 = padding; control = no perturbed gene
+perturbation    (N, S) int64 gene + G · kind    -1 = padding; control = no perturbed gene
 =============== =============================== ====================================================
+
+(:class:`~grndiff.data.perturbation.PerturbationEncoder` lives in its own module.)
 
 Every encoder has ``fit(values)``, ``encode(values)``, ``decode(codes)``, ``spec()`` (a plain dict
 for :mod:`grndiff.nn`) and ``to_state()`` / ``from_state(state)`` (plain types). Sets are
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +31,27 @@ log = logging.getLogger("grndiff")
 
 class UnknownConditionError(ValueError):
     """A label (or condition name) that the fitted encoders have never seen."""
+
+
+class GRNDiffWarning(UserWarning):
+    """grndiff did something the user may not expect (a fallback, an extrapolation, a lossy input);
+    the message names the fix. Each message is shown once per session."""
+
+
+_WARNED: set[str] = set()  # messages already shown (Python's own registry is reset whenever any library
+# touches the warning filters, so "once" would not hold across calls)
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`GRNDiffWarning` once, pointing at the user's call, not at grndiff's internals."""
+    import sys
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("grndiff."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, GRNDiffWarning, stacklevel=level)
 
 
 def _labels(values) -> np.ndarray:
@@ -125,12 +149,15 @@ class CategoricalEncoder:
 
 
 class ContinuousEncoder:
-    """A number per cell → (N,) float32 ``(v - mean) / std``; NaN is refused."""
+    """A number per cell → (N,) float32 ``(v - mean) / std``; NaN is refused; a value far outside
+    the training range [lo, hi] (beyond it by more than its width) is encoded with a warning."""
 
     kind = "continuous"
 
-    def __init__(self, name: str, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, name: str, mean: float = 0.0, std: float = 1.0, lo: float | None = None,
+                 hi: float | None = None):
         self.name, self.mean, self.std = name, float(mean), float(std)
+        self.lo, self.hi = lo, hi  # the training range (None: a state saved before it was recorded)
 
     def _numbers(self, values) -> np.ndarray:
         try:
@@ -148,10 +175,19 @@ class ContinuousEncoder:
         self.mean = float(v.mean())
         sd = float(v.std())
         self.std = sd if sd > 1e-8 else 1.0  # a constant column encodes as 0, never inf
+        self.lo, self.hi = float(v.min()), float(v.max())
         return self
 
     def encode(self, values) -> np.ndarray:
-        return ((self._numbers(values) - self.mean) / self.std).astype(np.float32)
+        v = self._numbers(values)
+        if self.lo is not None and v.size:
+            width = max(self.hi - self.lo, abs(self.hi), 1e-8)
+            far = (v < self.lo - width) | (v > self.hi + width)
+            if far.any():
+                warn(f"condition {self.name!r}: {_listing(np.unique(v[far]).tolist(), 5)} lie far outside the "
+                     f"training range [{self.lo:g}, {self.hi:g}]; the model extrapolates and the result is not "
+                     f"backed by data. Use values of {self.name!r} within (or near) the training range.")
+        return ((v - self.mean) / self.std).astype(np.float32)
 
     def decode(self, codes) -> np.ndarray:
         return np.asarray(codes, dtype=np.float64) * self.std + self.mean
@@ -160,11 +196,11 @@ class ContinuousEncoder:
         return {"name": self.name, "kind": self.kind, "n_categories": 0}
 
     def to_state(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "mean": self.mean, "std": self.std}
+        return {"name": self.name, "kind": self.kind, "mean": self.mean, "std": self.std, "lo": self.lo, "hi": self.hi}
 
     @classmethod
     def from_state(cls, state: dict) -> "ContinuousEncoder":
-        return cls(state["name"], state["mean"], state["std"])
+        return cls(state["name"], state["mean"], state["std"], state.get("lo"), state.get("hi"))
 
 
 def split_combo(label: str | None, control: str, combo_sep: str) -> list[str]:
@@ -287,82 +323,21 @@ class HierarchicalEncoder:
         return cls(state["levels"], [CategoricalEncoder.from_state(s) for s in state["encoders"]])
 
 
-class PerturbationEncoder:
-    """Gene perturbations → (N, S) int64 indices into ``genes``, -1 padded, sorted per row.
+ENCODERS = {c.kind: c for c in (CategoricalEncoder, ContinuousEncoder, SetEncoder, HierarchicalEncoder)}
 
-    Parameters
-    ----------
-    genes
-        Gene names in model order (``var_names``, or symbols from ``var[symbol_key]``).
-    control, combo_sep
-        The "no perturbation" label and the separator of combinations (``"KLF1+CEBPA"``).
-    allow_missing
-        Drop perturbed genes absent from ``genes`` with a warning instead of raising.
+
+def register_condition_kind(encoder_cls):
+    """Register an encoder class for a new condition kind (its ``kind`` attribute names it); usable
+    as a decorator. Register the model side with :func:`grndiff.nn.register_condition_embedder`.
+
+    The encoder's contract (see :class:`CategoricalEncoder`): ``__init__(name)``, ``fit(values)``,
+    ``encode(values) -> ndarray`` (N,) or (N, ...) codes, ``spec() -> {"name", "kind",
+    "n_categories", ...}``, ``to_state()`` / ``from_state(state)`` (plain types), optionally
+    ``null(n) -> ndarray``, the codes of "unconditional" (default: zeros). Columns are assigned a
+    kind with ``setup_anndata(condition_kinds={"obs key": kind})``.
     """
-
-    kind = "perturbation"
-
-    def __init__(self, genes: Sequence[str], control: str = "control", combo_sep: str = "+",
-                 allow_missing: bool = False, name: str = "perturbation", seen: Sequence[str] | None = None):
-        self.genes = [str(g) for g in genes]
-        self.control, self.combo_sep, self.allow_missing, self.name = str(control), combo_sep, allow_missing, name
-        self.seen = [] if seen is None else [str(s) for s in seen]  # perturbed genes present in training
-        self._index: dict[str, int] = {}
-        for i, g in enumerate(self.genes):  # duplicated symbols: the first gene wins
-            self._index.setdefault(g, i)
-
-    def _rows(self, values) -> tuple[np.ndarray, list[str]]:
-        """(N, S) gene indices (-1 padded) and the perturbed genes not in ``genes``."""
-        labels = _refuse_missing(self.name, _labels(values), self.control)
-        parts, codes = _per_unique(labels, lambda v: split_combo(v, self.control, self.combo_sep))
-        missing = [p for ps in parts for p in ps if p not in self._index]
-        rows = [sorted(self._index[p] for p in ps if p in self._index) for ps in parts]
-        return _pad(rows, -1)[codes], list(dict.fromkeys(missing))
-
-    def _missing(self, missing: list[str]) -> None:
-        if not missing:
-            return
-        lower = {g.lower(): g for g in self.genes}
-        case = [f"{m}→{lower[m.lower()]}" for m in missing if m.lower() in lower]
-        hint = f" Case differs for {_listing(case, 5)}." if case else ""
-        if not self.allow_missing:
-            raise ValueError(
-                f"obs[{self.name!r}]: {len(missing)} perturbed genes are not among the model's genes: "
-                f"{_listing(missing)}.{hint} A node intervention needs the gene in the graph. Keep those genes in "
-                "the AnnData (do not filter them out), pass symbol_key= if var_names are Ensembl ids, or pass "
-                "allow_missing_genes=True to setup_anndata to drop them (those cells then look unperturbed).")
-        log.warning("grndiff: dropping %d perturbed genes absent from the model's genes: %s", len(missing),
-                    _listing(missing))
-
-    def fit(self, values) -> "PerturbationEncoder":
-        rows, missing = self._rows(values)
-        self._missing(missing)
-        self.seen = [self.genes[i] for i in np.unique(rows[rows >= 0])]
-        return self
-
-    def encode(self, values) -> np.ndarray:
-        """Labels (N,) → (N, S) int64 gene indices, -1 padded (S ≥ 1; control rows are all -1)."""
-        rows, missing = self._rows(values)
-        self._missing(missing)
-        return rows
-
-    def decode(self, codes) -> np.ndarray:
-        codes = np.atleast_2d(np.asarray(codes, dtype=np.int64))
-        return np.array([self.combo_sep.join(self.genes[c] for c in row if c >= 0) or self.control for row in codes],
-                        dtype=object)
-
-    def spec(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "n_categories": len(self.genes)}
-
-    def to_state(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "genes": list(self.genes), "control": self.control,
-                "combo_sep": self.combo_sep, "allow_missing": bool(self.allow_missing), "seen": list(self.seen)}
-
-    @classmethod
-    def from_state(cls, state: dict) -> "PerturbationEncoder":
-        return cls(state["genes"], state["control"], state["combo_sep"], state["allow_missing"], state["name"],
-                   state.get("seen"))
-
-
-ENCODERS = {c.kind: c for c in (CategoricalEncoder, ContinuousEncoder, SetEncoder, HierarchicalEncoder,
-                                PerturbationEncoder)}
+    for attr in ("kind", "fit", "encode", "spec", "to_state", "from_state"):
+        if not hasattr(encoder_cls, attr):
+            raise TypeError(f"{encoder_cls.__name__} is not a condition encoder: it has no {attr!r}")
+    ENCODERS[encoder_cls.kind] = encoder_cls
+    return encoder_cls

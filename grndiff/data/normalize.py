@@ -72,13 +72,17 @@ def check_values(X, *, field: str = "adata.X") -> tuple[float, int]:
         if not (nan.any() or inf.any()):
             vmax = max(vmax, float(c.max()) if c.size else 0.0)
             n_frac += int(np.count_nonzero(c != np.round(c)))
+    is_counts = "'counts'" in field  # then advising layer='counts' would send the user in a circle
     if n_nan or n_inf:
-        raise ValueError(f"{field} has {n_nan} NaN and {n_inf} infinite values; expression must be finite. Fix the "
-                         "upstream step that produced them, or pass the raw counts layer (layer='counts').")
+        fix = ("Raw counts are never NaN or infinite: re-read or recompute this layer from the source files"
+               if is_counts else "Fix the upstream step that produced them, or pass the raw counts layer "
+               "(layer='counts')")
+        raise ValueError(f"{field} has {n_nan} NaN and {n_inf} infinite values; expression must be finite. {fix}.")
     if n_neg:
+        fix = ("Raw counts are never negative: re-read this layer from the source files" if is_counts else
+               "Pass the counts layer (layer='counts') or the log1p layer saved before scaling")
         raise ValueError(f"{field} has {n_neg} negative values (e.g. {ex}); grndiff needs raw counts or log1p-"
-                         "normalised values, not scaled/centred data (sc.pp.scale). Pass the counts layer "
-                         "(layer='counts') or the log1p layer saved before scaling.")
+                         f"normalised values, not scaled/centred data (sc.pp.scale). {fix}.")
     return vmax, n_frac
 
 
@@ -99,7 +103,12 @@ def detect_kind(X, *, field: str = "adata.X", declared: str | None = None) -> st
     ``"counts"`` or ``"log"``.
     """
     vmax, n_frac = check_values(X, field=field)
-    n = _values(X).size
+    return decide_kind(vmax, n_frac, _values(X).size, field=field, declared=declared)
+
+
+def decide_kind(vmax: float, n_frac: int, n: int, *, field: str = "adata.X", declared: str | None = None) -> str:
+    """:func:`detect_kind`'s rule from the summary of :func:`check_values` (largest value, number
+    of non-integer values, ``n`` stored values), so a streamed matrix is judged the same way."""
     if vmax == 0:
         raise ValueError(f"{field} holds only zeros; pass the layer with expression values")
     if declared == "counts":

@@ -81,8 +81,11 @@ class ExpressionProcessor:
             self.kind = detect_kind(X, field=field)
         log.info("grndiff: expression from %s: %s", field,
                  "raw counts → CP10k + log1p" if self.kind == "counts" else "already log1p-normalised, used as is")
-        X = self.log_expression(adata)  # (N, G) CSR
-        self.scaler = GeneScaler(min_std=self.min_std).fit(X)
+        from .ondisk import fit_scaler, streams
+        if streams(adata, self.layer):  # a backed AnnData: X stays on disk, the statistics are streamed
+            self.scaler = fit_scaler(self, adata)
+        else:
+            self.scaler = GeneScaler(min_std=self.min_std).fit(self.log_expression(adata))  # (N, G) CSR
         sym = setup.get("symbol_key")
         pert_genes = adata.var[sym].astype(str).tolist() if sym else self.genes
         self.conditions = ConditionSet.from_setup(setup, pert_genes).fit(adata.obs)
@@ -143,6 +146,9 @@ class ExpressionProcessor:
         if self.layer is not None and self.layer not in adata.layers:
             raise KeyError(f"the model reads {self._field()}, but this AnnData has no layer {self.layer!r} "
                            f"(layers: {list(adata.layers.keys())}); add it")
+        if getattr(adata, "isbacked", False) and self.layer is None:
+            raise ValueError("these cells are a backed AnnData (X on disk), and this step needs them in memory; "
+                             "load the ones you need: adata[idx].to_memory()")
         X = adata.X if self.layer is None else adata.layers[self.layer]
         if X is None:
             raise ValueError("adata.X is empty (None); the model reads adata.X")
@@ -212,8 +218,8 @@ class ExpressionProcessor:
         if obs.index.dtype != object or not len(obs.index) or obs.index[0] == 0:
             obs.index = [f"gen-{i}" for i in range(X.shape[0])]
         for k in obs.columns:
-            if obs[k].dtype == object:
-                obs[k] = pd.Categorical(obs[k].astype(str))
+            if obs[k].dtype == object:  # missing (an unconditional key) stays missing, not the string 'None'
+                obs[k] = pd.Categorical(obs[k].astype(str).where(obs[k].notna()))
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(list(self.genes), dtype=str)))
         out.uns["grndiff"] = uns
         if library_size is not None:

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .conditions import warn
 from .normalize import KINDS, detect_kind
+from .perturbation import KIND_ALIASES, PERTURBATION_KINDS, canonical_kind
 
 log = logging.getLogger("grndiff")
 
 UNS_KEY = "_grndiff"
 SETUP_VERSION = 1
-PERTURBATION_KINDS = ("ko", "kd", "crispri", "crispra", "oe")
 
 
 def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[str] | None = None,
@@ -28,7 +29,8 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
                   hierarchy: Sequence[str] | None = None, perturbation_key: str | None = None,
                   control: str = "control", perturbation_kind: str = "ko", combo_sep: str = "+",
                   symbol_key: str | None = None, kind: str | None = None,
-                  control_obs: dict[str, Any] | None = None, allow_missing_genes: bool = False) -> None:
+                  control_obs: dict[str, Any] | None = None, allow_missing_genes: bool = False,
+                  condition_kinds: dict[str, str] | None = None) -> None:
     """Validate and register the fields of ``adata`` that grndiff will use.
 
     Parameters
@@ -53,7 +55,11 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     control
         Label meaning "no perturbation" in ``perturbation_key`` and ``set_keys``.
     perturbation_kind
-        ``"ko"``, ``"kd"``, ``"crispri"``, ``"crispra"`` or ``"oe"`` (recorded for the model).
+        ``"ko"``, ``"kd"``, ``"crispri"``, ``"crispra"`` or ``"oe"`` (aliases such as
+        ``"activation"``/``"up"``: :mod:`grndiff.data.perturbation`): the kind of a gene written
+        without one in ``perturbation_key``. A label may give each gene its own kind
+        (``"KLF1:up+CEBPA"``), and ``sample``/``predict`` take ``{"perturbation": "KLF1", "kind":
+        "activation"}``; the model learns one flag per kind seen in training.
     combo_sep
         Separator of combined perturbations.
     symbol_key
@@ -67,6 +73,10 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     allow_missing_genes
         Drop (with a warning) perturbed genes that are not among the measured genes instead of
         raising.
+    condition_kinds
+        ``{obs key: kind}`` for condition kinds registered with
+        :func:`~grndiff.data.register_condition_kind` (and their embedders with
+        :func:`grndiff.nn.register_condition_embedder`); see ``docs/architecture.md``.
 
     Raises
     ------
@@ -79,14 +89,23 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     lists = {"condition_keys": _as_list(condition_keys, "condition_keys"),
              "continuous_keys": _as_list(continuous_keys, "continuous_keys"),
              "set_keys": _as_list(set_keys, "set_keys"), "hierarchy": _as_list(hierarchy, "hierarchy")}
-    if perturbation_kind not in PERTURBATION_KINDS:
-        raise ValueError(f"perturbation_kind must be one of {PERTURBATION_KINDS}, got {perturbation_kind!r}")
+    if canonical_kind(perturbation_kind) is None:
+        aliases = sorted(set(KIND_ALIASES) - set(PERTURBATION_KINDS))
+        raise ValueError(f"perturbation_kind must be one of {PERTURBATION_KINDS} (or {aliases}), got "
+                         f"{perturbation_kind!r}")
+    perturbation_kind = canonical_kind(perturbation_kind)
     if not isinstance(combo_sep, str) or not combo_sep:
         raise ValueError(f"combo_sep must be a non-empty string such as '+', got {combo_sep!r}")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} or None (detect), got {kind!r}")
 
-    roles = [(k, role) for role, ks in lists.items() for k in ks]
+    from .conditions import ENCODERS
+    condition_kinds = {str(k): str(v) for k, v in (condition_kinds or {}).items()}
+    unknown_kinds = sorted({v for v in condition_kinds.values() if v not in ENCODERS})
+    if unknown_kinds:
+        raise ValueError(f"condition_kinds: unknown kind(s) {unknown_kinds}; registered kinds are {sorted(ENCODERS)} "
+                         "(a new kind registers its encoder with grndiff.data.register_condition_kind)")
+    roles = [(k, role) for role, ks in lists.items() for k in ks] + [(k, "condition_kinds") for k in condition_kinds]
     if perturbation_key is not None:
         roles.append((perturbation_key, "perturbation_key"))
     seen: dict[str, str] = {}
@@ -116,7 +135,12 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
 
     X, field = _get_matrix(adata, layer)
     declared = kind if kind is not None else ("counts" if layer == "counts" else None)
-    found = detect_kind(X, field=field, declared=declared)
+    if getattr(adata, "isbacked", False) and layer is None:  # X stays on disk: checked block by block
+        from .ondisk import detect_kind_streamed
+        found = detect_kind_streamed(adata.filename, field=field, declared=declared)
+    else:
+        found = detect_kind(X, field=field, declared=declared)
+        _check_precision(X, field, found)
     log.info("grndiff: %s holds %s", field, "raw counts (→ CP10k + log1p)" if found == "counts" else "log1p values")
 
     record = {
@@ -125,6 +149,7 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
         "perturbation_key": perturbation_key, "control": str(control), "perturbation_kind": perturbation_kind,
         "combo_sep": combo_sep, "symbol_key": symbol_key, "control_obs": control_obs,
         "allow_missing_genes": bool(allow_missing_genes), "n_obs": int(adata.n_obs), "n_vars": int(adata.n_vars),
+        "condition_kinds": condition_kinds or None,
     }
     # None values are left out: older anndata versions cannot write None into .uns (h5ad)
     adata.uns[UNS_KEY] = {k: v for k, v in record.items() if v is not None}
@@ -132,7 +157,7 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
 
 _DEFAULTS = {"layer": None, "kind": None, "condition_keys": [], "continuous_keys": [], "set_keys": [], "hierarchy": [],
              "perturbation_key": None, "control": "control", "perturbation_kind": "ko", "combo_sep": "+",
-             "symbol_key": None, "control_obs": None, "allow_missing_genes": False}
+             "symbol_key": None, "control_obs": None, "allow_missing_genes": False, "condition_kinds": {}}
 
 
 def get_setup(adata) -> dict:
@@ -152,6 +177,7 @@ def get_setup(adata) -> dict:
     out = {**_DEFAULTS, **rec}
     for k in ("condition_keys", "continuous_keys", "set_keys", "hierarchy"):
         out[k] = [str(v) for v in (out[k] or [])]
+    out["condition_kinds"] = {str(k): str(v) for k, v in (out["condition_kinds"] or {}).items()}
     if out["control_obs"]:
         out["control_obs"] = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])]
                               for k, v in out["control_obs"].items()}
@@ -234,6 +260,33 @@ def _check_control_obs(adata, control_obs) -> dict | None:
                              f"its values are {sorted(present)[:20]}")
         out[str(k)] = vals
     return out
+
+
+MAX_LIBRARY_SIZE = 1e8  # a droplet holds ~1e3–1e5 UMIs; full-length bulk-like cells ~1e7
+
+
+def _check_precision(X, field: str, kind: str) -> None:
+    """Refuse a matrix whose integer type has saturated; warn on lossy types and absurd depths."""
+    dtype = np.dtype(getattr(X, "dtype", np.float32))
+    if dtype.kind in "iu" and dtype.itemsize <= 2:
+        top = np.iinfo(dtype).max
+        vmax = X.max() if hasattr(X, "max") else np.max(X)
+        if vmax >= top:
+            raise ValueError(f"{field} is stored as {dtype} and reaches its maximum {top}: counts were clipped or "
+                             "wrapped around when converted. Re-read the counts as float32 or int32 (a lossless type) "
+                             f"instead of {field} = {field}.astype(np.{dtype})")
+        warn(f"{field} is stored as {dtype}: sums and counts above {top} overflow it. Store counts as float32: "
+             f"{field} = {field}.astype(np.float32)")
+    elif dtype == np.float16:
+        warn(f"{field} is stored as float16: integers above 2048 are rounded and log1p values keep ~3 digits. "
+             f"Store it as float32: {field} = {field}.astype(np.float32)")
+    if kind == "counts":
+        depth = float(np.asarray(X.sum(axis=1), dtype=np.float64).max())
+        if depth > MAX_LIBRARY_SIZE:
+            warn(f"{field}: a cell has {depth:.3g} counts (a droplet holds ~1e3–1e5): these may be normalised or "
+                 "aggregated values rather than raw counts, and float32 cannot hold counts above ~1.7e7 exactly. "
+                 "Pass the raw UMI counts, or remove such cells: "
+                 f"adata = adata[np.asarray({field}.sum(1)).ravel() <= 1e8].copy()")
 
 
 def _get_matrix(adata, layer):

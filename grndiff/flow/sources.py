@@ -113,6 +113,11 @@ class Source(nn.Module):
         """The velocity (B, G) the flow may use; identity unless the source fixes a low-rank state."""
         return v
 
+    def unseen(self, cond: dict | None, n: int) -> torch.Tensor:
+        """(n,) bool: cells whose condition group had no training cell, so :meth:`draw` falls back
+        to the pooled distribution (none for sources without groups)."""
+        return torch.zeros(n, dtype=torch.bool)
+
 
 class NoiseSource(Source):
     """``x₀ ~ N(0, I)`` in the model's per-gene standardised units."""
@@ -258,6 +263,13 @@ class GaussianSource(Source):
 
     def constrain(self, v):
         return self.dist.project_off(v) if self.coupling == "lowrank" else v
+
+    def unseen(self, cond, n):
+        if not self.fitted:
+            return super().unseen(cond, n)
+        g = self.groups(cond, n)
+        # a group without training cells keeps the pooled mean (PerGroupGaussian.fit) exactly
+        return (g > 0) & (self.dist.mean[g] == self.dist.mean[0]).all(1)
 
 
 def source_classes() -> dict[str, type[Source]]:

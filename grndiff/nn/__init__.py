@@ -2,7 +2,7 @@
 P module tokens, D hidden, H heads."""
 from .baselines import MLPVelocity, gene_token_transformer, modules_only
 from .blocks import AdaLNBlock, FinalLayer, FullAttention, GraphDiTBlock, TokenBlock, modulate
-from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder
+from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder, register_condition_embedder
 from .embed import GeneEmbedder, TimestepEmbedder
 from .graph_attention import GraphAttention
 from .pooling import ModulePooling
@@ -13,5 +13,5 @@ __all__ = [
     "AdaLNBlock", "ConditionEmbedder", "ConditionSpec", "FinalLayer", "FullAttention", "GRNTransformer",
     "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "MLPVelocity", "ModulePooling",
     "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "VelocityField", "gene_token_transformer", "modulate",
-    "modules_only",
+    "modules_only", "register_condition_embedder",
 ]

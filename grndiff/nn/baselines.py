@@ -54,7 +54,7 @@ class MLPVelocity(VelocityField):
         self.t_embed = TimestepEmbedder(hidden)
         self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
         self.gene_identity = nn.Parameter(torch.randn(n_genes, hidden) * 0.02) if perturbation else None
-        self.pert_embed = PerturbationEmbedder(n_genes, hidden) if perturbation else None
+        self.pert_embed = PerturbationEmbedder(n_genes, hidden, n_kinds=int(perturbation)) if perturbation else None
         self.blocks = nn.ModuleList(_ResBlock(hidden) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.out = nn.Linear(hidden, n_genes)

@@ -21,7 +21,28 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-KINDS = ("categorical", "continuous", "set", "hierarchical")
+EMBEDDERS: dict = {}  # kind → builder(spec, hidden) -> nn.Module mapping a condition's codes to (B, D)
+NULL_CODES: dict = {}  # kind → the code value of its null token (CFG / unconditional)
+
+
+def register_condition_embedder(kind: str, null: float = 0.0):
+    """Register ``builder(spec: ConditionSpec, hidden: int) -> nn.Module`` for condition ``kind``.
+
+    The module maps the kind's codes (``(B,)`` or ``(B, ...)``, as its encoder in
+    :mod:`grndiff.data` writes them) to ``(B, D)``; every code equal to ``null`` (NaN allowed)
+    must map to the kind's null embedding. The data side registers the encoder of the same kind
+    (:func:`grndiff.data.register_condition_kind`); ``docs/architecture.md`` shows both.
+    """
+    def deco(builder):
+        EMBEDDERS[kind] = builder
+        NULL_CODES[kind] = float(null)
+        return builder
+    return deco
+
+
+def kinds() -> tuple[str, ...]:
+    """The registered condition kinds."""
+    return tuple(EMBEDDERS)
 
 
 @dataclass
@@ -38,8 +59,9 @@ class ConditionSpec:
     levels: list[int] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"condition {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in EMBEDDERS:
+            raise ValueError(f"condition {self.name!r}: kind must be one of {kinds()}, got {self.kind!r} "
+                             "(a new kind registers its embedder with register_condition_embedder)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ConditionSpec":
@@ -66,24 +88,11 @@ class ConditionEmbedder(nn.Module):
         super().__init__()
         self.specs = [s if isinstance(s, ConditionSpec) else ConditionSpec.from_dict(s) for s in specs]
         self.hidden, self.dropout_prob = hidden, dropout_prob
-        self.embedders = nn.ModuleDict()
-        for s in self.specs:
-            if s.kind == "categorical":
-                self.embedders[s.name] = nn.Embedding(s.n_categories + 1, hidden)
-            elif s.kind == "continuous":
-                self.embedders[s.name] = _ContinuousEmbedder(hidden)
-            elif s.kind == "set":
-                self.embedders[s.name] = _SetEmbedder(s.n_categories, hidden)
-            else:
-                self.embedders[s.name] = nn.ModuleList(nn.Embedding(k + 1, hidden) for k in s.levels)
+        self.embedders = nn.ModuleDict({s.name: EMBEDDERS[s.kind](s, hidden) for s in self.specs})
 
     def null_like(self, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The same conditions with every entry replaced by its null token."""
-        out = {}
-        for s in self.specs:
-            v = cond[s.name]
-            out[s.name] = torch.full_like(v, float("nan")) if s.kind == "continuous" else torch.zeros_like(v)
-        return out
+        return {s.name: torch.full_like(cond[s.name], NULL_CODES[s.kind]) for s in self.specs}
 
     def drop(self, cond: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Null the conditions of cells where ``mask`` (B,) bool is True."""
@@ -109,14 +118,30 @@ class ConditionEmbedder(nn.Module):
         elif self.training and self.dropout_prob > 0:
             cond = self.drop(cond, torch.rand(batch_size, device=out.device) < self.dropout_prob)
         for s in self.specs:
-            v, emb = cond[s.name], self.embedders[s.name]
-            if s.kind == "hierarchical":
-                out = out + sum(e(v[:, i].long()) for i, e in enumerate(emb))
-            elif s.kind == "categorical":
-                out = out + emb(v.long())
-            else:
-                out = out + emb(v)
+            out = out + self.embedders[s.name](cond[s.name])
         return out
+
+
+# ------------------------------------------------------------------ the shipped kinds
+class _CategoricalEmbedding(nn.Embedding):
+    """Row 0 is the null token (CFG). (An ``nn.Embedding``: state-dict keys as before.)"""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return super().forward(v.long())
+
+
+class _LevelEmbeddings(nn.ModuleList):
+    """Hierarchical codes (B, L): the sum of one categorical embedding per level, coarse → fine."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return sum(e(v[:, i].long()) for i, e in enumerate(self))
+
+
+register_condition_embedder("categorical")(lambda s, hidden: _CategoricalEmbedding(s.n_categories + 1, hidden))
+register_condition_embedder("continuous", null=float("nan"))(lambda s, hidden: _ContinuousEmbedder(hidden))
+register_condition_embedder("set")(lambda s, hidden: _SetEmbedder(s.n_categories, hidden))
+register_condition_embedder("hierarchical")(
+    lambda s, hidden: _LevelEmbeddings(nn.Embedding(k + 1, hidden) for k in s.levels))
 
 
 class _ContinuousEmbedder(nn.Module):
@@ -156,16 +181,20 @@ class PerturbationEmbedder(nn.Module):
     ``pert`` (B, S) long gene indices, ``-1`` padded. Returns a node term (B, G, D) and a global
     term (B, D):
 
-    - a learned knock-out flag on each perturbed gene;
+    - a learned flag on each perturbed gene, one per perturbation kind (knock-out, activation…);
     - with a graph (``edge_index``), the perturbation *propagated along the prior edges*:
       :math:`f_k = A f_{k-1}`, :math:`f_0` = the (B, G) indicator of perturbed genes, for
       ``k = 1..hops``, once with the signed, in-degree-normalised adjacency
       :math:`A_{ij} = s_{ij} / \deg^{in}_i` (activation +1, repression −1, unknown 0) and once
-      with :math:`|A|`. A linear map of these ``2·hops`` channels is added to every node, so a
-      target gene knows "an activator of mine, k steps upstream, is knocked out" whether or not
-      that regulator was ever perturbed in training — the graph carries the effect, as in
-      GEARS (Roohani et al. 2024), which propagates over a gene graph for the same reason;
-    - a global MLP of the sum of the perturbed genes' identity embeddings.
+      with :math:`|A|`. A linear map of these ``2·hops`` channels (per kind) is added to every
+      node, so a target gene knows "an activator of mine, k steps upstream, is knocked out"
+      whether or not that regulator was ever perturbed in training — the graph carries the
+      effect, as in GEARS (Roohani et al. 2024), which propagates over a gene graph for the same
+      reason;
+    - a global MLP of the sum of the perturbed genes' identity embeddings (plus their kind flags).
+
+    With ``n_kinds`` > 1, a code ``c ≥ 0`` in ``pert`` is gene ``c mod G`` under kind ``c div G``
+    (kind 0: the data set's default kind), so one model holds knock-outs and activations.
 
     Parameters
     ----------
@@ -176,13 +205,18 @@ class PerturbationEmbedder(nn.Module):
         (type 0, or every non-self edge when ``edge_type`` is ``None``) propagate.
     hops
         Propagation depth ``K`` (0 disables it).
+    n_kinds
+        Perturbation kinds; kind 0 uses ``flag``, kinds 1.. their own row of ``kind_flags``.
     """
 
     def __init__(self, n_genes: int, hidden: int, edge_index: torch.Tensor | None = None,
-                 edge_sign: torch.Tensor | None = None, edge_type: torch.Tensor | None = None, hops: int = 3):
+                 edge_sign: torch.Tensor | None = None, edge_type: torch.Tensor | None = None, hops: int = 3,
+                 n_kinds: int = 1):
         super().__init__()
-        self.n_genes = n_genes
+        self.n_genes, self.n_kinds = n_genes, max(int(n_kinds), 1)
         self.flag = nn.Parameter(torch.randn(hidden) * 0.02)
+        # one more learned flag per extra kind; none for a single kind, so its state dict is unchanged
+        self.kind_flags = nn.Parameter(torch.randn(self.n_kinds - 1, hidden) * 0.02) if self.n_kinds > 1 else None
         self.global_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.hops = 0
         self.register_module("prop", None)
@@ -201,7 +235,7 @@ class PerturbationEmbedder(nn.Module):
                 self.register_buffer("p_signed", sign / indeg[dst], persistent=False)
                 self.register_buffer("p_abs", 1.0 / indeg[dst], persistent=False)
                 self.hops = int(hops)
-                self.prop = nn.Linear(2 * self.hops, hidden)
+                self.prop = nn.Linear(2 * self.hops * self.n_kinds, hidden)
                 nn.init.normal_(self.prop.weight, std=0.02)
                 nn.init.zeros_(self.prop.bias)
 
@@ -220,6 +254,8 @@ class PerturbationEmbedder(nn.Module):
 
     def forward(self, pert: torch.Tensor, gene_identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``pert`` (B, S), ``gene_identity`` (G, D) → node (B, G, D), global (B, D)."""
+        if self.n_kinds > 1:
+            return self._forward_kinds(pert, gene_identity)
         B = pert.shape[0]
         valid = pert >= 0
         idx = pert.clamp_min(0)
@@ -232,3 +268,26 @@ class PerturbationEmbedder(nn.Module):
         summed = onehot @ gene_identity  # (B, D)
         has = valid.any(1, keepdim=True).to(summed.dtype)
         return node, self.global_mlp(summed) * has
+
+    def _forward_kinds(self, pert: torch.Tensor, gene_identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for codes ``gene + G · kind`` (B, S)."""
+        B, G, K = pert.shape[0], self.n_genes, self.n_kinds
+        valid = pert >= 0
+        code = pert.clamp_min(0)
+        gene, kind = code % G, (code // G).clamp_max(K - 1)  # (B, S)
+        dtype = gene_identity.dtype
+        table = torch.cat([self.flag.unsqueeze(0), self.kind_flags]).to(dtype)  # (K, D)
+        flags = table[kind] * valid.unsqueeze(-1).to(dtype)  # (B, S, D)
+        node = torch.zeros(B, G, flags.shape[-1], device=pert.device, dtype=dtype)
+        node.scatter_add_(1, gene.unsqueeze(-1).expand_as(flags), flags)  # (B, G, D)
+        onehot = torch.zeros(B, K * G, device=pert.device, dtype=dtype)
+        onehot.scatter_add_(1, kind * G + gene, valid.to(dtype))
+        onehot = onehot.clamp_max(1.0).view(B, K, G)  # (B, K, G): one indicator per kind
+        if self.prop is not None:
+            feats = self.propagated(onehot.reshape(B * K, G)).view(B, K, G, -1)  # (B, K, G, 2·hops)
+            feats = feats.permute(0, 2, 1, 3).reshape(B, G, -1)  # (B, G, K·2·hops)
+            node = node + self.prop(feats) * valid.any(1).view(B, 1, 1).to(dtype)
+        extra = (flags - self.flag.to(dtype) * valid.unsqueeze(-1)).sum(1)  # (B, D): 0 for kind-0 genes
+        summed = onehot.sum(1).clamp_max(1.0) @ gene_identity + extra
+        has = valid.any(1, keepdim=True).to(summed.dtype)
+        return node, self.global_mlp(summed) * has  # (B, G, D), (B, D)

@@ -84,3 +84,7 @@ class GeneEmbedder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, G) → (B, G, D)."""
         return self.proj(self.value_features(x)) + self.identity.weight  # (B, G, D)
+
+    def forward_genes(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, G) → gene-major (G, B, D) (the layout of the graph stack)."""
+        return self.proj(self.value_features(x.T)) + self.identity.weight.unsqueeze(1)  # (G, B, D)

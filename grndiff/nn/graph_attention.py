@@ -22,6 +22,14 @@ Two ways to score an edge:
     softmax runs over each CSR row, and the aggregation is one sparse matmul; ``O(B·H·E)`` memory,
     no gathered ``(B, E, H, d)`` tensors.
 
+Layout. The gene stack of :class:`~grndiff.nn.GRNTransformer` keeps node states *gene-major*,
+``(G, B, D)`` (:meth:`GraphAttention.forward_genes`): there the shared aggregation is ONE sparse
+matmul with the ``H`` per-head graphs interleaved (row ``i·H + h``, :class:`HeadGraph`), and the
+only reorderings are the per-gene ``(B, H, d) ↔ (H, B, d)`` swaps inside 8 KB blocks. The
+batch-major ``(B, G, H, d) → (H, G, B, d)`` transposition it replaces strides across the whole
+tensor: at G = 7,000, B = 64 it alone took longer than all the layer's matmuls.
+:meth:`GraphAttention.forward` takes ``(B, G, D)`` and transposes around it.
+
 ``γ^h_s`` is a learnt per-head gain per edge sign (initialised to 1), so activation and repression
 can act with opposite signs although softmax weights are positive. Genes without in-edges get a
 zero message (add self-loops in :class:`grndiff.graph.GeneGraph` to avoid that).
@@ -34,6 +42,8 @@ import warnings
 import torch
 from torch import nn
 from torch_geometric.utils import softmax as segment_softmax
+
+from ._cache import weight_cached
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -125,7 +135,7 @@ class GraphAttention(nn.Module):
         nn.init.zeros_(self.type_bias.weight)
 
     def _layout(self, n_blocks: int) -> BlockGraph:
-        """Block-diagonal layout of ``n_blocks`` graph copies: ``H`` (shared) or ``B·H`` (dynamic)."""
+        """Block-diagonal layout of ``n_blocks = B·H`` (cell, head) graph copies (dynamic mode)."""
         # index tensors only (nothing learnable): built lazily, cached per (count, device), kept out of
         # the state dict. The batch size rarely changes (a short last batch): a tiny cache suffices.
         cache = self.__dict__.setdefault("_blocks", {})
@@ -134,6 +144,15 @@ class GraphAttention(nn.Module):
             if len(cache) >= 4:
                 cache.clear()
             cache[key] = BlockGraph(self.src, self.dst, self.n_genes, n_blocks)
+        return cache[key]
+
+    def _head_graph(self) -> HeadGraph:
+        """The interleaved per-head layout of the shared mode (graph-only: built once per device)."""
+        cache = self.__dict__.setdefault("_heads", {})
+        key = self.src.device
+        if key not in cache:
+            cache.clear()
+            cache[key] = HeadGraph(self.src, self.dst, self.n_genes, self.heads)
         return cache[key]
 
     @property
@@ -155,6 +174,11 @@ class GraphAttention(nn.Module):
         k = self.k_id(self.gene_id).view(-1, H, d)  # (G, H, d)
         logits = (q[self.dst] * k[self.src]).sum(-1) / math.sqrt(d) + self.edge_bias()  # (E, H)
         return segment_softmax(logits, self.dst, num_nodes=self.n_genes, dim=0)  # (E, H)
+
+    def _shared_values(self, layout: HeadGraph) -> torch.Tensor:
+        """Gained shared weights ``α γ`` as the value array (H·E,) of the interleaved head layout."""
+        alpha = self.shared_weights() * self.sign_gain[self.sign_idx]  # (E, H)
+        return alpha.reshape(-1).index_select(0, layout.order)  # (H·E,) in CSR order
 
     def dynamic_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-cell attention weights (B, E, H) for the (normalised) node states ``x`` (B, G, D)."""
@@ -181,21 +205,30 @@ class GraphAttention(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, G, D) → (B, G, D)."""
-        B, G, D = x.shape
+        """``x`` (B, G, D) → (B, G, D) (see :meth:`forward_genes` for the gene-major layout)."""
+        if x.shape[1] != self.n_genes:
+            raise ValueError(f"expected {self.n_genes} genes, got {x.shape[1]}")
+        return self.forward_genes(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward_genes(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (G, B, D), gene-major → (G, B, D)."""
+        G, B, D = x.shape
         if G != self.n_genes:
             raise ValueError(f"expected {self.n_genes} genes, got {G}")
         H, d = self.heads, self.head_dim
-        v = self.value(x).view(B, G, H, d)  # (B, G, H, d)
-        gain = self.sign_gain[self.sign_idx]  # (E, H)
         if self.mode == "shared":
-            alpha = self.shared_weights() * gain  # (E, H)
-            y = _shared_aggregate(alpha, self._layout(H), v)  # (B, G, H, d)
-        else:
-            alpha, layout = self._dynamic_softmax(x)  # (B, H, E)
-            alpha = alpha * gain.T.to(alpha.dtype)  # (B, H, E)
-            y = _dynamic_aggregate(alpha, layout, v)  # (B, G, H, d)
-        return self.out(y.reshape(B, G, D))
+            layout = self._head_graph()
+            vals = weight_cached(self, "shared", self.parameters(), lambda: self._shared_values(layout))  # (H·E,)
+            v = self.value(x).reshape(G, B, H, d)  # (G, B, H, d)
+            y = _head_aggregate(vals, layout, v)  # (G, B, H, d)
+            return self.out(y.reshape(G, B, D))
+        gain = self.sign_gain[self.sign_idx]  # (E, H)
+        xb = x.transpose(0, 1)  # (B, G, D): per-cell logits live in the (cell, head) block layout
+        v = self.value(xb).view(B, G, H, d)  # (B, G, H, d)
+        alpha, layout = self._dynamic_softmax(xb)  # (B, H, E)
+        alpha = alpha * gain.T.to(alpha.dtype)  # (B, H, E)
+        y = _dynamic_aggregate(alpha, layout, v)  # (B, G, H, d)
+        return self.out(y.reshape(B, G, D)).transpose(0, 1)  # (G, B, D)
 
 
 # ------------------------------------------------------------------ sparse kernels
@@ -312,7 +345,7 @@ def _csr_layout(rows: torch.Tensor, cols: torch.Tensor, n: int) -> tuple[torch.T
 class BlockGraph:
     """Block-diagonal CSR layout of ``n_blocks`` copies of the ``(G, G)`` graph, and its transpose.
 
-    Blocks are the heads (shared mode, ``n_blocks = H``) or the (cell, head) pairs (dynamic mode,
+    Blocks are the (cell, head) pairs of the dynamic mode (the shared mode uses :class:`HeadGraph`;
     ``n_blocks = B·H``, cell-major). Entries are block-major and, inside a block, in the layer's
     (target, source) edge order, so an ``(n_blocks, E)`` array of per-edge values IS the CSR value
     array. ``row`` is each entry's row, ``perm_t`` maps the transposed layout's entries to the values.
@@ -341,6 +374,37 @@ class BlockGraph:
         return self.crow, self.col, self.crow_t, self.col_t, self.perm_t
 
 
+class HeadGraph:
+    """CSR layout of the ``H`` per-head copies of the ``(G, G)`` graph, *interleaved*: entry
+    ``(i·H + h, j·H + h)`` holds head ``h``'s weight of edge ``j → i``; and its transpose.
+
+    ``order`` (H·E,) gathers the CSR value array from an ``(E, H)`` per-edge array flattened
+    row-major; ``perm_t`` maps the transposed layout's entries to the values (as :class:`BlockGraph`).
+    Only index tensors: it depends on the graph alone, so a layer builds it once and keeps it.
+    """
+
+    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_genes: int, heads: int):
+        E, H = src.numel(), heads
+        n = n_genes * H
+        idx = torch.int32 if H * max(E, n_genes) < 2**31 else torch.long
+        h = torch.arange(H, device=src.device)
+        rows = (dst[:, None] * H + h).reshape(-1)  # (E·H,) in the (E, H) row-major order
+        cols = (src[:, None] * H + h).reshape(-1)
+        order = torch.argsort(rows * n + cols)  # CSR order: (row, col)
+        crow, col = _csr_layout(rows[order], cols[order], n)
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.numel(), device=src.device)
+        by_col = torch.argsort(cols * n + rows)  # transposed CSR order
+        crow_t, col_t = _csr_layout(cols[by_col], rows[by_col], n)
+        self.n = n
+        self.order = order
+        self.crow, self.col, self.crow_t, self.col_t = (t.to(idx) for t in (crow, col, crow_t, col_t))
+        self.perm_t = inv[by_col].to(idx)  # (H·E,) CSR position of each transposed entry
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.crow, self.col, self.crow_t, self.col_t, self.perm_t
+
+
 def _tile(idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """One block's index array (E,) repeated per block, shifted by that block's offset (n_blocks, 1)."""
     return (idx + offsets).reshape(-1)  # (n_blocks·E,)
@@ -353,18 +417,18 @@ def _tile_crow(crow: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ aggregation
-def _shared_aggregate(alpha: torch.Tensor, layout: BlockGraph, v: torch.Tensor) -> torch.Tensor:
-    """``y[b, i, h] = Σ_j α[ij, h] · v[b, j, h]`` as ONE block-diagonal sparse matmul.
+def _head_aggregate(vals: torch.Tensor, layout: HeadGraph, v: torch.Tensor) -> torch.Tensor:
+    """``y[i, b, h] = Σ_j α[ij, h] · v[j, b, h]`` as ONE sparse matmul of the interleaved head graph.
 
-    alpha (E, H), v (B, G, H, d) → (B, G, H, d). The H per-head ``(G, G)`` matrices form a
-    ``(H·G, H·G)`` block-diagonal CSR; cells and head channels are folded into the columns.
+    vals (H·E,) the weights in the layout's CSR order, v (G, B, H, d) gene-major → (G, B, H, d).
+    Rows ``i·H + h`` of the ``(G·H, G·H)`` CSR; cells and head channels are the columns ``(b, k)``.
     """
-    B, G, H, d = v.shape
+    G, B, H, d = v.shape
     work = _work_dtype(v.dtype)
-    vals = alpha.T.reshape(-1).to(work)  # (H·E,) head-major, each block sorted by (dst, src)
-    rhs = v.permute(2, 1, 0, 3).reshape(H * G, B * d).to(work)  # (H·G, B·d)
-    y = _BlockSpMM.apply(vals, rhs, *layout.tensors())  # (H·G, B·d)
-    return y.view(H, G, B, d).permute(2, 1, 0, 3).to(v.dtype)  # (B, G, H, d)
+    vals = vals.to(work)
+    rhs = v.transpose(1, 2).reshape(G * H, B * d).to(work)  # (G·H, B·d): a swap within each gene
+    y = _BlockSpMM.apply(vals, rhs, *layout.tensors())  # (G·H, B·d)
+    return y.view(G, H, B, d).transpose(1, 2).to(v.dtype)  # (G, B, H, d)
 
 
 def _dynamic_aggregate(alpha: torch.Tensor, layout: BlockGraph, v: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._cache import weight_cached
+
 
 class ModulePooling(nn.Module):
     """Pool gene states (B, G, D) into module tokens (B, P, D) and broadcast them back.
@@ -84,9 +86,31 @@ class ModulePooling(nn.Module):
 
     def unpool(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, P, D) → per-gene update (B, G, D) (zero at init)."""
-        S = self.assignment().to(tokens.dtype)
-        U = S / S.sum(1, keepdim=True).clamp_min(1e-6)  # (G, P) row-normalised; genes in no module → 0
+        U = self.unpool_weights().to(tokens.dtype)  # (G, P)
         return self.unpool_proj(torch.einsum("gp,bpd->bgd", U, tokens))  # (B, G, D)
+
+    def unpool_weights(self) -> torch.Tensor:
+        """Row-normalised ``S``: each gene gets the mean of its modules' tokens → (G, P); genes in no module → 0."""
+        S = self.assignment()
+        return S / S.sum(1, keepdim=True).clamp_min(1e-6)
+
+    def _weights(self, which: str) -> torch.Tensor:
+        compute = self.pool_weights if which == "pool" else self.unpool_weights
+        return weight_cached(self, which, (self.membership, self.assign_logits), compute)
+
+    def pool_genes(self, h: torch.Tensor) -> torch.Tensor:
+        """Gene-major ``h`` (G, B, D) → tokens (B, P, D): one (P, G) × (G, B·D) matmul."""
+        G, B, D = h.shape
+        W = self._weights("pool").to(h.dtype)  # (G, P)
+        tok = (W.T @ h.reshape(G, B * D)).view(-1, B, D)  # (P, B, D)
+        return tok.transpose(0, 1) + self.token_id.to(h.dtype)  # (B, P, D)
+
+    def unpool_genes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, P, D) → gene-major per-gene update (G, B, D) (zero at init)."""
+        B, P, D = tokens.shape
+        U = self._weights("unpool").to(tokens.dtype)  # (G, P)
+        y = U @ tokens.transpose(0, 1).reshape(P, B * D)  # (G, B·D)
+        return self.unpool_proj(y.view(-1, B, D))  # (G, B, D)
 
     def activity(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-token scalar activity for interpretation → (B, P)."""

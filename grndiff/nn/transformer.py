@@ -2,17 +2,20 @@
 
 ::
 
-    x_t (B, G) ─► GeneEmbedder ─► (+ perturbation flags on perturbed nodes) ─► h (B, G, D)
+    x_t (B, G) ─► GeneEmbedder ─► (+ perturbation flags on perturbed nodes) ─► h (G, B, D)
     t, conditions ─► c = t_emb + cond_emb (+ perturbation summary)            (B, D)
     h ─► [GraphDiTBlock]×⌈L/2⌉ ─► ModulePooling ─► [TokenBlock]×M ─► unpool (+h)
       ─► [GraphDiTBlock]×⌊L/2⌋ ─► FinalLayer ─► v (B, G)
 
-Every block is adaLN-Zero and the final layer is zero-initialised: ``v ≡ 0`` at init.
+Every block is adaLN-Zero and the final layer is zero-initialised: ``v ≡ 0`` at init. Node states
+are gene-major, ``(G, B, D)``, from the embedding to the read-out (the ``forward_genes`` methods):
+the layout in which graph aggregation and module pooling are plain matmuls over genes.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import FinalLayer, GraphDiTBlock, TokenBlock
 from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder
@@ -54,7 +57,8 @@ class GRNTransformer(VelocityField):
         ``"graph"`` (edge-restricted attention) or ``"full"`` (full attention over all genes: the
         gene-token baseline; memory grows as G²).
     perturbation
-        Add a :class:`PerturbationEmbedder` for gene knock-outs given as ``pert`` (B, S).
+        Add a :class:`PerturbationEmbedder` for gene perturbations given as ``pert`` (B, S); an
+        int > 1 is the number of perturbation kinds (codes ``gene + G · kind``).
     perturbation_hops
         How far a perturbation is propagated along the prior edges as explicit node features
         (see :class:`PerturbationEmbedder`); 0 leaves only the flag and message passing.
@@ -97,7 +101,8 @@ class GRNTransformer(VelocityField):
         self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
         self.t_embed = TimestepEmbedder(hidden)
         self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
-        self.pert_embed = (PerturbationEmbedder(n_genes, hidden, edge_index, edge_sign, edge_type, hops=perturbation_hops)
+        self.pert_embed = (PerturbationEmbedder(n_genes, hidden, edge_index, edge_sign, edge_type, hops=perturbation_hops,
+                                                n_kinds=int(perturbation))
                            if perturbation else None)
         self.cell_embed = (nn.Sequential(nn.Linear(n_genes, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
                            if cell_token else None)
@@ -132,22 +137,43 @@ class GRNTransformer(VelocityField):
         c, node = self.conditioning(t, cond, pert, B, force_drop)
         if self.cell_embed is not None:
             c = c + self.cell_embed(x)  # (B, D) global state of the cell
-        h = self.embed(x)  # (B, G, D)
+        # the gene stack runs gene-major (G, B, D): see grndiff.nn.graph_attention, "Layout"
+        h = self.embed.forward_genes(x)  # (G, B, D)
         if node is not None:
-            h = h + node
+            h = h + node.transpose(0, 1)
+        run = self._block_runner(h)
         for blk in self.blocks_pre:
-            h = blk(h, c)
+            h = run(blk, h, c)
         extras = {}
         if self.pooling is not None:
-            tok = self.pooling.pool(h)  # (B, P, D)
+            tok = self.pooling.pool_genes(h)  # (B, P, D)
             for tb in self.token_blocks:
                 tok = tb(tok, c)
-            h = h + self.pooling.unpool(tok)  # (B, G, D)
+            h = h + self.pooling.unpool_genes(tok)  # (G, B, D)
             extras = {"tokens": tok, "activity": self.pooling.activity(tok)}
         for blk in self.blocks_post:
-            h = blk(h, c)
-        v = self.final(h, c).squeeze(-1)  # (B, G)
+            h = run(blk, h, c)
+        v = self.final.forward_genes(h, c).squeeze(-1).T  # (B, G)
         return v, extras
+
+    # A gene block keeps ~14 node-state tensors (G, B, D) for its backward: at G = 20,000, B = 64 that
+    # is 2.3 GB per block. Above this many node-state values per tensor (64 MB in float32) each gene
+    # block is recomputed in the backward instead (activation checkpointing: ~1/3 more compute, one
+    # saved tensor per block); below it, nothing changes. The blocks draw no random numbers, so the
+    # recomputation is exact.
+    checkpoint_above: int = 2**24
+
+    @property
+    def max_sampling_cells(self) -> int:
+        """Cells per sampler call (``FlowModule.generate`` caps its batches with it): a node-state
+        tensor (G, B, D) stays near 128 MB, so sampling memory does not grow with the batch size asked
+        for (1,024 cells at G = 20,000 would hold ~2.6 GB per tensor); 149 cells at G = 7,000."""
+        return max(16, 2**25 // (self.n_genes * self.hidden))
+
+    def _block_runner(self, h: torch.Tensor):
+        if torch.is_grad_enabled() and h.numel() > self.checkpoint_above:
+            return lambda blk, x, c: checkpoint(blk.forward_genes, x, c, use_reentrant=False)
+        return lambda blk, x, c: blk.forward_genes(x, c)
 
     def graph_layers(self) -> list:
         """The GraphAttention modules, in order (for interpretation plots)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._io import from_decoupler, read_table
+from ._io import from_decoupler, from_networkx, read_table
 
 _CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
 
@@ -109,9 +109,10 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
     ----------
     name_or_path
         A shipped name (``collectri``, ``dorothea``, ``progeny``, ``hallmark``, ``reactome``,
-        ``go_bp``; :func:`list_priors` says which organisms), a path to a ``.csv``/``.tsv`` long
-        table or a ``.gmt`` file, or a DataFrame (validated by
-        :func:`~grndiff.priors.from_decoupler`).
+        ``go_bp``; :func:`list_priors` says which organisms; ``krumsiek11``, the toy network of
+        :func:`grndiff.datasets.krumsiek11`), a path to a ``.csv``/``.tsv`` long table or a ``.gmt``
+        file, a DataFrame (validated by :func:`~grndiff.priors.from_decoupler`) or a networkx graph
+        (:func:`~grndiff.priors.from_networkx`).
     organism
         ``"human"`` or ``"mouse"``; used for shipped names only.
     confidence
@@ -132,6 +133,11 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
     """
     if isinstance(name_or_path, pd.DataFrame):
         df = from_decoupler(name_or_path)
+    elif hasattr(name_or_path, "edges") and hasattr(name_or_path, "nodes"):  # a networkx graph
+        df = from_networkx(name_or_path)
+    elif isinstance(name_or_path, str) and name_or_path == "krumsiek11":  # the toy data set's own network
+        from ..datasets import krumsiek11_network
+        df = from_decoupler(krumsiek11_network())
     elif isinstance(name_or_path, (str, os.PathLike)):
         p = Path(name_or_path)
         if p.is_file():
@@ -142,7 +148,8 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
             raise FileNotFoundError(f"prior file {str(name_or_path)!r} does not exist. Shipped priors load by "
                                     "name, e.g. load('collectri'); see grndiff.priors.list_priors().")
     else:
-        raise TypeError(f"prior must be a shipped name, a file path or a DataFrame; got {type(name_or_path).__name__}")
+        raise TypeError(f"prior must be a shipped name, a file path, a DataFrame or a networkx graph; got "
+                        f"{type(name_or_path).__name__}")
     if confidence is not None:
         df = _filter_confidence(df, confidence)
     return df

@@ -41,17 +41,19 @@ def file_mode() -> int:
 
 
 def safe_load(path, map_location="cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with an error that says what to do."""
+    """``torch.load(weights_only=True)`` with the one error message of every loader (``GRNDiff.load``,
+    ``AtomicCheckpointIO``, ``grndiff fit --ckpt_path``) for a truncated, corrupted or unsafe file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
+    except Exception as e:  # truncated, corrupted, or carrying pickled code
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise ValueError(
-            f"refusing to load {path}: it is truncated, corrupted, or contains objects other than tensors "
-            f"and plain Python types ({type(e).__name__}: {str(e)[:300]}). grndiff never unpickles code from "
-            "checkpoints; retrain or re-save the model with this version of grndiff.") from e
+            f"cannot load {path}: the file is truncated, corrupted, or holds objects other than tensors and plain "
+            f"Python types ({type(e).__name__}: {first}). grndiff never unpickles code from checkpoints, so it "
+            "refuses to load it; re-save or retrain the model with this version of grndiff.") from e
 
 
 # ------------------------------------------------------------------ GRNDiff model files
@@ -94,11 +96,7 @@ def read_model_file(path: Path, version: str) -> dict:
     path = path / "model.pt" if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"no saved grndiff model at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupted, or carrying non-tensor pickles
-        raise ValueError(f"cannot load {path}: the file is corrupted, truncated, or not a grndiff model "
-                         f"saved with plain tensors ({type(e).__name__}: {e}). Re-save or retrain the model.") from e
+    payload = safe_load(path)  # truncated, corrupted, or carrying pickled code: one message everywhere
     if isinstance(payload, dict) and "grndiff" in payload and "state_dict" in payload:  # Lightning .ckpt
         return upgrade_payload({**payload["grndiff"], "state_dict": payload["state_dict"], "is_trained": True})
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

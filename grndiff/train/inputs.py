@@ -39,7 +39,7 @@ def module_inputs(graph: GeneGraph, processor: ExpressionProcessor, match_keys=N
     return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
             "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
             "condition_specs": processor.conditions.specs(),
-            "perturbation": processor.has_gene_perturbations,
+            "perturbation": processor.conditions.perturbation.n_kinds if processor.has_gene_perturbations else 0,
             "gene_scale": torch.as_tensor(processor.scaler.std, dtype=torch.float32),
             "match_keys": list(match_keys or [])}
 
@@ -72,3 +72,8 @@ def describe(x) -> Any:
     if isinstance(x, pd.DataFrame):
         return f"DataFrame({len(x)} rows)"
     return type(x).__name__
+
+
+def default_epochs(n_obs: int) -> int:
+    """Epochs when ``train()`` is given neither: ~3,000 optimiser steps at batch 64, within 10–400."""
+    return int(min(max(3000 * 64 // max(n_obs, 1), 10), 400))

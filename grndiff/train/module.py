@@ -25,7 +25,8 @@ BACKBONES: dict = {}  # name → builder(inputs, **architecture options) -> Velo
 def register_backbone(name: str):
     """Register ``builder(inputs: dict, **options) -> VelocityField`` as ``backbone=name``.
 
-    ``inputs`` holds ``n_genes``, ``condition_specs`` (list of dicts), ``perturbation`` (bool),
+    ``inputs`` holds ``n_genes``, ``condition_specs`` (list of dicts), ``perturbation`` (number of
+    perturbation kinds, 0 = none; ``True`` = one),
     ``edge_index``/``edge_sign``/``edge_weight``/``edge_type`` and ``membership`` (G, P) or ``None``.
     The builder's keyword arguments are the options users may pass (``GRNDiff(..., hidden=64)``).
     """
@@ -50,7 +51,7 @@ def _graph(inputs: dict) -> tuple:
 
 
 def _common(inputs: dict) -> dict:
-    return {"condition_specs": inputs.get("condition_specs", []), "perturbation": bool(inputs.get("perturbation"))}
+    return {"condition_specs": inputs.get("condition_specs", []), "perturbation": int(inputs.get("perturbation") or 0)}
 
 
 @register_backbone("grn")
@@ -63,7 +64,7 @@ def _grn(inputs, **options):
 def _mlp(inputs, hidden: int = 512, depth: int = 3, cond_dropout: float = 0.1, **_graph_options):
     # the other backbones' architecture options (heads, mode, ...) have no meaning here
     return MLPVelocity(inputs["n_genes"], inputs.get("condition_specs", []), hidden=hidden, depth=depth,
-                       cond_dropout=cond_dropout, perturbation=bool(inputs.get("perturbation")))
+                       cond_dropout=cond_dropout, perturbation=int(inputs.get("perturbation") or 0))
 
 
 @register_backbone("gene_tokens")
@@ -295,6 +296,7 @@ class FlowModule(L.LightningModule):
         net = self.sampling_net if use_ema else self.net
         was_training = net.training
         net.eval()
+        batch_size = min(batch_size, getattr(net, "max_sampling_cells", batch_size))  # per-gene nets: cap memory
         out = []
         try:
             for s in range(0, x0.shape[0], batch_size):

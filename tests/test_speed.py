@@ -1,0 +1,150 @@
+"""The speed work (issue 17): the gene-major graph stack, the interleaved head layout, weight caches
+while sampling, the CPU runtime, and ``benchmarks/speed.py --quick``."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from grndiff.nn import GRNTransformer, GraphAttention, GraphDiTBlock, ModulePooling
+from grndiff.nn.graph_attention import HeadGraph
+from grndiff.train import runtime
+
+G, D, H = 12, 16, 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _graph(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, G - 2, (40,), generator=g)  # genes G-2, G-1 isolated
+    dst = torch.randint(0, G - 2, (40,), generator=g)
+    keep = src != dst
+    ei = torch.unique(torch.stack([src[keep], dst[keep]]), dim=1)
+    sign = torch.randint(-1, 2, (ei.shape[1],), generator=g).float()
+    return ei, sign, torch.rand(ei.shape[1], generator=g)
+
+
+def _nontrivial(module: torch.nn.Module) -> torch.nn.Module:
+    """Randomise every parameter (adaLN-Zero makes blocks the identity at init)."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+    return module
+
+
+def test_head_graph_is_the_interleaved_per_head_matrix_and_its_transpose():
+    ei, _, _ = _graph()
+    layer = GraphAttention(D, H, G, ei, mode="shared")
+    hg = HeadGraph(layer.src, layer.dst, G, H)
+    vals = torch.randn(layer.n_edges, H)  # (E, H) in the layer's edge order
+    dense = torch.zeros(G * H, G * H)
+    for h in range(H):
+        dense[layer.dst * H + h, layer.src * H + h] = vals[:, h]
+    flat = vals.reshape(-1)[hg.order]
+    A = torch.sparse_csr_tensor(hg.crow, hg.col, flat, (G * H, G * H), check_invariants=True)
+    At = torch.sparse_csr_tensor(hg.crow_t, hg.col_t, flat[hg.perm_t], (G * H, G * H), check_invariants=True)
+    torch.testing.assert_close(A.to_dense(), dense)
+    torch.testing.assert_close(At.to_dense(), dense.T)
+
+
+@pytest.mark.parametrize("mode", ["shared", "dynamic"])
+def test_gene_major_block_equals_batch_major_block(mode):
+    ei, sign, w = _graph()
+    blk = _nontrivial(GraphDiTBlock(D, H, G, ei, sign, w, mode=mode))
+    h, c = torch.randn(3, G, D, requires_grad=True), torch.randn(3, D)
+    y_b = blk(h, c)  # (B, G, D)
+    y_g = blk.forward_genes(h.transpose(0, 1).contiguous(), c)  # (G, B, D)
+    torch.testing.assert_close(y_g.transpose(0, 1), y_b, atol=1e-5, rtol=1e-4)
+    g_b, = torch.autograd.grad(y_b.square().sum(), h)
+    g_g, = torch.autograd.grad(y_g.square().sum(), h)
+    torch.testing.assert_close(g_g, g_b, atol=1e-4, rtol=1e-3)
+
+
+def test_gene_major_pooling_equals_batch_major_pooling():
+    M = (torch.rand(G, 3, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    pool = _nontrivial(ModulePooling(G, D, M, n_learned=2))
+    h = torch.randn(2, G, D)
+    tok = pool.pool(h)
+    torch.testing.assert_close(pool.pool_genes(h.transpose(0, 1).contiguous()), tok)
+    torch.testing.assert_close(pool.unpool_genes(tok).transpose(0, 1), pool.unpool(tok))
+
+
+def test_sampling_cache_gives_the_uncached_output_and_follows_weight_updates():
+    ei, sign, w = _graph()
+    net = _nontrivial(GRNTransformer(G, ei, sign, w, membership=(torch.rand(G, 3) > 0.5).float(), hidden=D, heads=H,
+                                     n_learned_modules=2)).eval()
+    x, t = torch.randn(4, G), torch.rand(4)
+    ref = net(x, t)  # autograd on: nothing cached
+    with torch.no_grad():
+        first, again = net(x, t), net(x, t)  # the second call reads the cached edge/pooling weights
+    torch.testing.assert_close(first, ref)
+    torch.testing.assert_close(again, ref)
+    layer = net.graph_layers()[0]
+    assert "shared" in layer.__dict__.get("_weight_cache", {})
+    with torch.no_grad():
+        layer.gene_id.mul_(3.0)  # an in-place update (optimizer, EMA, load_state_dict) bumps the version
+        net.pooling.assign_logits.add_(1.0)
+        updated = net(x, t)
+    torch.testing.assert_close(updated, net(x, t))  # equals the fresh, uncached computation
+    assert not torch.allclose(updated, ref)
+    twin = copy.deepcopy(net)  # a copy (EMA shadow) never reads the original's cache
+    with torch.no_grad():
+        twin.graph_layers()[0].gene_id.zero_()
+        torch.testing.assert_close(twin(x, t), twin.train()(x, t).detach())
+
+
+def test_cpu_runtime_uses_every_core_unless_the_user_chose(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", before)
+    with runtime.cpu_runtime():
+        assert torch.get_num_threads() == runtime.usable_cores()
+        torch.ones(1000, 1000).sum()  # allocations work with the allocator settings
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with runtime.cpu_runtime():
+        assert torch.get_num_threads() == before  # the environment wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", before + 1)  # as if the user had set `before`
+    with runtime.cpu_runtime():
+        assert torch.get_num_threads() == before
+
+
+def _load_speed():
+    spec = importlib.util.spec_from_file_location("speed_bench", ROOT / "benchmarks" / "speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_speed_quick_writes_the_documented_records(tmp_path):
+    speed = _load_speed()
+    assert speed.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    obj = json.loads((tmp_path / "speed.json").read_text())
+    assert (tmp_path / "speed.md").exists() and obj["command"].startswith("python benchmarks/speed.py --quick")
+    assert str(tmp_path) not in obj["command"]  # no absolute paths of this machine
+    recs = obj["records"]
+    assert {r["dataset"] for r in recs} == {"speed"} and {r["method"] for r in recs} == {"grndiff"}
+    assert {r["group"] for r in recs} == {f"G{g}_B{speed.QUICK['batch']}" for g in speed.QUICK["genes"]}
+    assert set(speed.METRICS) <= {r["metric"] for r in recs}
+    for r in recs:  # a one-step run may spend no measurable system time
+        assert r["value"] is not None and (r["value"] > 0 or (r["metric"] == "system_frac" and r["value"] == 0)), r
+
+
+def test_checkpointed_gene_blocks_give_the_same_loss_and_gradients():
+    ei, sign, w = _graph()
+    net = _nontrivial(GRNTransformer(G, ei, sign, w, membership=(torch.rand(G, 3) > 0.5).float(), hidden=D, heads=H))
+    x, t = torch.randn(4, G), torch.rand(4)
+    grads = []
+    for above in (10**12, 0):  # never, always
+        net.checkpoint_above = above
+        net.zero_grad()
+        net(x, t).square().sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
