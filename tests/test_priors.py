@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from grndiff import priors
+from grndiff.priors.null import rewire
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,8 +209,57 @@ def test_random_graph_edge_count_no_self_loops_no_duplicates():
     assert sorted(rnd["weight"]) == sorted(net["weight"])
     pd.testing.assert_frame_equal(rnd, priors.random_graph(net, seed=0))
     assert not rnd.equals(priors.random_graph(net, seed=1))
-    genes = [f"h{k}" for k in range(12)]
-    on_genes = priors.random_graph(net.head(100), seed=0, genes=genes)
-    assert set(on_genes["source"]) | set(on_genes["target"]) <= set(genes)
-    with pytest.raises(ValueError, match="do not fit"):
-        priors.random_graph(net, genes=["a", "b", "c"])
+    with pytest.raises(ValueError, match="do not fit"):  # two nodes hold two edges without self-loops
+        priors.random_graph(pd.DataFrame({"source": list("aabb"), "target": list("abab"), "weight": 1.0}))
+
+
+# ------------------------------------------------------------------ matched nulls (issue 19)
+def _sub(net, genes):
+    keep = net["source"].isin(genes) & net["target"].isin(genes)
+    return net[keep].reset_index(drop=True)
+
+
+def test_nulls_on_genes_match_the_edge_count_among_those_genes():
+    net = priors.load("collectri")
+    rng = np.random.default_rng(0)
+    nodes = sorted(set(net["source"]) | set(net["target"]))
+    genes = sorted(set(rng.choice(nodes, 300, replace=False)) | set(net["source"].value_counts().index[:20]))
+    real = _sub(net, genes)
+    assert 0 < len(real) < 2000  # far fewer than CollecTRI's ~43k
+    for null in (priors.random_graph(net, genes=genes, seed=0), priors.shuffle_edges(net, genes=genes, seed=0),
+                 rewire(net, 0.5, genes=genes, seed=0)):
+        assert len(null) == len(real)
+        assert set(null["source"]) | set(null["target"]) <= set(genes)
+        assert not null.duplicated(["source", "target"]).any()
+    shuffled = priors.shuffle_edges(net, genes=genes, seed=0)
+    for a, b in zip(_degrees(real), _degrees(shuffled)):
+        pd.testing.assert_series_equal(a, b)
+    # without genes= the full network is kept: the generation benchmark's union of genes is unchanged
+    assert len(priors.random_graph(net, seed=0)) == len(net)
+
+
+def test_rewire_keeps_degrees_and_rewires_the_fraction():
+    net = priors.load("dorothea", confidence="A")
+    pd.testing.assert_frame_equal(rewire(net, 0.0, seed=0), priors.from_decoupler(net))
+    kept = []
+    for f in (0.25, 0.5, 0.75):
+        out = rewire(net, f, seed=1)
+        assert len(out) == len(net) and not out.duplicated(["source", "target"]).any()
+        assert (out["source"] != out["target"]).sum() >= (net["source"] != net["target"]).sum()
+        for a, b in zip(_degrees(net), _degrees(out)):
+            pd.testing.assert_series_equal(a, b)
+        share = len(net.merge(out, on=["source", "target"])) / len(net)
+        assert share >= 1 - f - 0.02 and share <= 1 - f + 0.15, (f, share)
+        kept.append(share)
+    assert kept[0] > kept[1] > kept[2]
+    pd.testing.assert_frame_equal(rewire(net, 0.5, seed=3), rewire(net, 0.5, seed=3))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        rewire(net, 1.5)
+
+
+def test_nulls_keep_self_edges_so_edges_between_genes_match():
+    net = pd.DataFrame({"source": ["a", "a", "b", "c", "c", "d", "e"], "target": ["a", "b", "c", "c", "d", "e", "a"],
+                        "weight": 1.0})
+    for null in (priors.shuffle_edges(net, seed=0), rewire(net, 1.0, seed=0)):
+        assert set(zip(null["source"], null["target"])) >= {("a", "a"), ("c", "c")}
+        assert (null["source"] != null["target"]).sum() == 5
