@@ -12,8 +12,9 @@ Examples
 """
 from ._io import from_decoupler, from_networkx, read_gmt, read_table, to_networkx, write_gmt
 from ._shipped import list_priors, load, load_online, prior_dir, prior_path, verify_checksums
-from .null import random_graph, shuffle_edges
+from .null import random_graph, restrict, rewire, shuffle_edges
 
 __all__ = ["from_decoupler", "from_networkx", "list_priors", "load", "load_online", "prior_dir", "prior_path",
-           "random_graph", "read_gmt", "read_table", "shuffle_edges", "to_networkx", "verify_checksums",
+           "random_graph", "read_gmt", "read_table", "restrict", "rewire", "shuffle_edges", "to_networkx",
+           "verify_checksums",
            "write_gmt"]
