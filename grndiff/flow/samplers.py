@@ -138,18 +138,9 @@ def euler(f: Velocity, x0: torch.Tensor, n_steps: int = 50, t0: float = 0.0, t1:
     -------
     x : (B, G), or (n_steps + 1, B, G) with ``return_trajectory``; and ``nfe`` (int) with ``return_nfe``.
     """
-    ts, fc = _grid(t0, t1, n_steps), _Counted(f)
-    x, traj = x0, ([x0] if return_trajectory else None)
-    bar = _bar(progress, "euler", n_steps)
-    for i in range(n_steps):
-        x = x + (ts[i + 1] - ts[i]) * fc(x, _tvec(ts[i], x))
-        if traj is not None:
-            traj.append(x)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return _out(x, traj, fc.finish(x0.shape[0]), return_nfe)
+    def step(fc, x, ta, tb):
+        return x + (tb - ta) * fc(x, _tvec(ta, x))
+    return _fixed_steps("euler", step, f, x0, n_steps, t0, t1, return_trajectory, progress, return_nfe)
 
 
 @torch.no_grad()
@@ -161,14 +152,21 @@ def heun(f: Velocity, x0: torch.Tensor, n_steps: int = 25, t0: float = 0.0, t1: 
     evaluations (Heun with n/2 steps vs Euler with n) it is usually far more accurate on the
     nearly straight fields rectified flows learn. Parameters and returns as :func:`euler`.
     """
+    def step(fc, x, ta, tb):
+        dt = tb - ta
+        k1 = fc(x, _tvec(ta, x))  # (B, G)
+        k2 = fc(x + dt * k1, _tvec(tb, x))  # (B, G)
+        return x + 0.5 * dt * (k1 + k2)
+    return _fixed_steps("heun", step, f, x0, n_steps, t0, t1, return_trajectory, progress, return_nfe)
+
+
+def _fixed_steps(name, step, f, x0, n_steps, t0, t1, return_trajectory, progress, return_nfe):
+    """The loop of a fixed-grid solver: ``x ← step(f, x, tᵢ, tᵢ₊₁)`` over ``n_steps`` steps."""
     ts, fc = _grid(t0, t1, n_steps), _Counted(f)
     x, traj = x0, ([x0] if return_trajectory else None)
-    bar = _bar(progress, "heun", n_steps)
+    bar = _bar(progress, name, n_steps)
     for i in range(n_steps):
-        dt = ts[i + 1] - ts[i]
-        k1 = fc(x, _tvec(ts[i], x))  # (B, G)
-        k2 = fc(x + dt * k1, _tvec(ts[i + 1], x))  # (B, G)
-        x = x + 0.5 * dt * (k1 + k2)
+        x = step(fc, x, ts[i], ts[i + 1])
         if traj is not None:
             traj.append(x)
         if bar is not None:

@@ -18,10 +18,8 @@ class ModulePooling(nn.Module):
 
     Parameters
     ----------
-    n_genes
-        ``G``.
-    hidden
-        ``D``.
+    n_genes, hidden
+        ``G`` genes and ``D`` hidden width.
     membership
         ``(G, P₀)`` 0/1 prior membership, or ``None``.
     n_learned
