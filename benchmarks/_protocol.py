@@ -58,12 +58,18 @@ def score_ceiling(records: list, dataset: str, seed: int, group: str, true, ctrl
         records.append(record(dataset, "split_half", k, v, seed=seed, group=group))
 
 
-def average_groups(records: list, dataset: str, groups, name: str = "all") -> None:
-    """Append ``group=name`` rows: per (method, seed, metric) the mean over ``groups``."""
+def average_groups(records: list, dataset: str, groups, name: str = "all", complete_only: bool = False) -> None:
+    """Append ``group=name`` rows: per (method, seed, metric) the mean over ``groups``; with
+    ``complete_only`` only where that (method, seed) has every one of ``groups`` (a seed cut short
+    by a time budget then gets no average)."""
     df = pd.DataFrame([r for r in records if r["dataset"] == dataset and r["group"] in set(groups)])
     if df.empty:
         return
+    n_groups = df.groupby(["method", "seed"])["group"].nunique()
+    complete = set(n_groups[n_groups == len(set(groups))].index)
     for (meth, seed, met), v in df.groupby(["method", "seed", "metric"], sort=False)["value"]:
+        if complete_only and (meth, seed) not in complete:
+            continue
         v = v.dropna()
         records.append(record(dataset, meth, met, v.mean() if len(v) else None, seed=int(seed), group=name))
 

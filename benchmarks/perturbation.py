@@ -286,9 +286,9 @@ def main(argv=None):
     def save():
         recs = [r for r in records if r["group"] not in ("all", "strong")]
         for ds, grp in groups.items():
-            average_groups(recs, ds, grp)
+            average_groups(recs, ds, grp, complete_only=True)
             if ds == "papalexi2021":
-                average_groups(recs, ds, [g for g in grp if g in STRONG], name="strong")
+                average_groups(recs, ds, [g for g in grp if g in STRONG], name="strong", complete_only=True)
         config = {"kang_steps": args.kang_steps, "papalexi_steps": args.papalexi_steps, "seeds": seeds,
                   "euler_steps": args.n_steps, "papalexi_pred_cells": args.pred_cells, "jobs": args.jobs,
                   "net": net or "defaults (hidden 32, depth 2, token_depth 2, cell_token)", "batch_size": 64,
