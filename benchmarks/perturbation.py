@@ -238,7 +238,8 @@ def main(argv=None):
     ap.add_argument("--celleval", action="store_true", help="with --peers: also score every method's Kang prediction "
                     "files with cell-eval (benchmarks/peers/celleval.py)")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="wall budget: grndiff jobs not started by then are skipped (listed in the notes)")
+                    help="wall budget: grndiff jobs not started by then are skipped (listed in the notes); 0 runs "
+                    "only the baselines, the peers and cell-eval")
     ap.add_argument("--name", default="perturbation")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
@@ -312,7 +313,7 @@ def main(argv=None):
     # cheap rows first (untrained: the source's estimate alone), then trained rows seed by seed, so a
     # --max-minutes budget cuts seeds, not whole cell types or data sets
     jobs.sort(key=lambda j: (j["steps"] > 0, j["seed"], j["dataset"] != "papalexi2021"))
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
+    deadline = time.time() + 60 * args.max_minutes if args.max_minutes is not None else None
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         for recs in pool.map(run_job, [{**j, "deadline": deadline} for j in jobs]):
             skipped += [r["skipped"] for r in recs if "skipped" in r]
