@@ -127,6 +127,7 @@ def test_predict_on_a_generative_source_is_a_clear_error(trained, krumsiek):
     assert np.array_equal(ctrl.X, before.X)  # input untouched
 
 
+@pytest.mark.slow  # a subprocess end to end
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_config_parses(config):
     """A misspelt key in a shipped config fails here, not after a user's data has loaded."""
@@ -136,6 +137,7 @@ def test_every_shipped_config_parses(config):
     assert "model:" in r.stdout and "data:" in r.stdout
 
 
+@pytest.mark.slow  # a subprocess end to end
 def test_cli_fast_dev_run_and_sample(tmp_path):
     r = subprocess.run([sys.executable, "-m", "grndiff.cli", "fit", "--config", "configs/tiny.yaml",
                         "--trainer.fast_dev_run=true"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -88,6 +88,7 @@ def test_missing_inputs_are_one_line(saved, tmp_path, capsys):
     assert "--conditions expects key=value pairs" in line and "'cell_type'" in line
 
 
+@pytest.mark.slow  # a subprocess end to end
 def test_fit_prints_only_its_result(tmp_path):
     """A shipped config through the real entry point (a subprocess, as from a shell): no banners,
     no warnings, no progress bar in a log; only the export line."""

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # kills and resumes a training subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny.yaml"
 STEPS_PER_EPOCH = 9  # krumsiek11: 640 cells, 10 % validation → 576 training cells / batch 64
