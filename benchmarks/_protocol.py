@@ -81,3 +81,21 @@ def seed_summary(records: list, groups=("all",)) -> pd.DataFrame:
         return df
     g = df.dropna(subset=["value"]).groupby(["dataset", "group", "method", "metric"], sort=False)["value"]
     return g.agg(mean="mean", sd="std", n="count").reset_index()
+
+
+def papalexi_measured(quick_cells: int | None = None):
+    """``gd.datasets.papalexi2021()`` restricted to control + the knock-outs of *measured* genes (a
+    knock-out of an unmeasured gene cannot be a node intervention), registered for grndiff;
+    ``quick_cells`` keeps that many cells per label (seeded) for CI runs."""
+    import grndiff as gd
+    adata = gd.datasets.papalexi2021()
+    lab = adata.obs["perturbation"].astype(str)
+    adata = adata[((lab == "control") | lab.isin(set(adata.var_names))).to_numpy()].copy()
+    if quick_cells:
+        lab = adata.obs["perturbation"].astype(str).to_numpy()
+        rng = np.random.default_rng(0)
+        rows = np.concatenate([rng.permutation(np.flatnonzero(lab == p))[:quick_cells] for p in sorted(set(lab))])
+        adata = adata[np.sort(rows)].copy()
+    adata.obs["perturbation"] = pd.Categorical(adata.obs["perturbation"].astype(str))
+    gd.GRNDiff.setup_anndata(adata, layer="counts", perturbation_key="perturbation", control="control")
+    return adata

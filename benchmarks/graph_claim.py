@@ -47,8 +47,8 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (average_groups, dense, log_expression, quiet, reference_pca, score_ceiling,  # noqa: E402
-                       score_perturbation, seed_summary)
+from _protocol import (average_groups, dense, log_expression, papalexi_measured, quiet,  # noqa: E402
+                       reference_pca, score_ceiling, score_perturbation, seed_summary)
 from _results import command_string, record, write_results  # noqa: E402
 
 SIM = {"sim_ds2": "ds2", "sim_ds3": "ds3", "sim_ds1_double": "ds1"}
@@ -87,18 +87,7 @@ def sim_data(dataset: str, cells: int, quick: bool, cache: str):
 
 
 def papalexi_data(quick: bool):
-    import grndiff as gd
-    adata = gd.datasets.papalexi2021()
-    lab = adata.obs["perturbation"].astype(str)
-    adata = adata[((lab == "control") | lab.isin(set(adata.var_names))).to_numpy()].copy()
-    if quick:
-        lab = adata.obs["perturbation"].astype(str).to_numpy()
-        rng = np.random.default_rng(0)
-        rows = np.concatenate([rng.permutation(np.flatnonzero(lab == p))[:100] for p in sorted(set(lab))])
-        adata = adata[np.sort(rows)].copy()
-    adata.obs["perturbation"] = pd.Categorical(adata.obs["perturbation"].astype(str))
-    gd.GRNDiff.setup_anndata(adata, layer="counts", perturbation_key="perturbation", control="control")
-    return adata
+    return papalexi_measured(100 if quick else None)
 
 
 def load(dataset: str, args):

@@ -46,8 +46,8 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (average_groups, dense, log_expression, quiet, reference_pca, score_ceiling,  # noqa: E402
-                       score_perturbation, seed_summary)
+from _protocol import (average_groups, dense, log_expression, papalexi_measured, quiet,  # noqa: E402
+                       reference_pca, score_ceiling, score_perturbation, seed_summary)
 from _results import command_string, record, write_results  # noqa: E402
 
 DEFAULT_PARTS = ("kang", "papalexi")
@@ -67,20 +67,7 @@ def kang_data(quick: bool):
 
 
 def papalexi_data(quick: bool):
-    import grndiff as gd
-    adata = gd.datasets.papalexi2021()
-    measured = set(adata.var_names)
-    lab = adata.obs["perturbation"].astype(str)
-    keep = (lab == "control") | lab.isin(measured)
-    adata = adata[keep.to_numpy()].copy()
-    if quick:
-        lab = adata.obs["perturbation"].astype(str).to_numpy()
-        rng = np.random.default_rng(0)
-        rows = np.concatenate([rng.permutation(np.flatnonzero(lab == p))[:120] for p in sorted(set(lab))])
-        adata = adata[np.sort(rows)].copy()
-    adata.obs["perturbation"] = pd.Categorical(adata.obs["perturbation"].astype(str))
-    gd.GRNDiff.setup_anndata(adata, layer="counts", perturbation_key="perturbation", control="control")
-    return adata
+    return papalexi_measured(120 if quick else None)
 
 
 def papalexi_folds(kos, n_folds: int = 5, seed: int = 0) -> list[list[str]]:
