@@ -151,18 +151,54 @@ def _ordered_unique(xs: Iterable) -> list:
     return list(seen)
 
 
+def _spread(vals: list) -> str:
+    """``mean ± sd (n=k)`` of the seeds' values (sample sd); one value is shown with ``(n=1)``."""
+    if not vals:
+        return "–"
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{_fmt(mean)} (n=1)"
+    sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    return f"{_fmt(mean)} ± {_fmt(sd)} (n={len(vals)})"
+
+
+SUMMARY_GROUPS = ("all", "strong")
+
+
+def seed_spread_markdown(rows: list[dict]) -> str:
+    """One table of ``mean ± sd (n=seeds)`` per (method, group) over the seeds of ``rows`` (one
+    dataset's records); only the summary groups (``all``/``strong``) where a dataset has them."""
+    groups = {r["group"] for r in rows}
+    keep = [g for g in SUMMARY_GROUPS if g in groups] or sorted(groups)
+    rows = [r for r in rows if r["group"] in keep]
+    metrics = _ordered_unique(r["metric"] for r in rows)
+    cells: dict = {}
+    for r in rows:
+        if r["value"] is not None:
+            cells.setdefault((r["method"], r["group"], r["metric"]), {})[r["seed"]] = r["value"]
+    lines = ["| method | group | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
+    for m, g in _ordered_unique((r["method"], r["group"]) for r in rows):
+        lines.append(f"| {m} | {g} | " + " | ".join(_spread(list(cells.get((m, g, k), {}).values()))
+                                                    for k in metrics) + " |")
+    return "\n".join(lines)
+
+
 def records_to_markdown(records: Iterable[Mapping]) -> str:
     """Render tidy records as Markdown: one table per dataset, rows = method, columns = metric.
 
     If a dataset has several seeds or groups, they become extra row labels; duplicate
     (row, metric) cells are averaged and shown as ``mean (n=k)``. Rows and columns keep the
-    order of first appearance.
+    order of first appearance. A dataset with several seeds first gets a table of the seed
+    spread (``mean ± sd (n=seeds)``, :func:`seed_spread_markdown`): compare methods there, and call
+    no difference smaller than the spread a win.
     """
     records = validate_records(records)
     blocks = []
     for ds in _ordered_unique(r["dataset"] for r in records):
         rows = [r for r in records if r["dataset"] == ds]
         multi_seed = len({r["seed"] for r in rows}) > 1
+        if multi_seed:
+            blocks.append(f"### {ds}: mean ± sd over seeds\n\n" + seed_spread_markdown(rows))
         multi_group = len({r["group"] for r in rows}) > 1
         key_names = ["method"] + (["group"] if multi_group else []) + (["seed"] if multi_seed else [])
 

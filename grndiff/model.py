@@ -61,8 +61,10 @@ class GRNDiff(TokenReadout):
         ``["cell_type"]``). Default for sources that use control cells: the categorical condition
         keys that do not define the control cells.
     seed
-        Fixes the initial weights here and, unless :meth:`train` is given another, the data split,
-        batches and noise of training: the same seed gives bitwise identical models on CPU.
+        Fixes the initial weights here, the random subsets of a seeded source (the shifted control's
+        control cells, unless ``source`` names its own ``seed``) and, unless :meth:`train` is given
+        another, the data split, batches and noise of training: the same seed gives bitwise
+        identical models on CPU.
     **options
         Architecture (``hidden`` 32, ``heads`` 4, ``depth`` 2, ``token_depth`` 2, ``cell_token``,
         ``n_learned_modules``, ``mode`` …: :class:`~grndiff.nn.GRNTransformer`) and flow/optimiser
@@ -85,6 +87,8 @@ class GRNDiff(TokenReadout):
             source = "shifted_control" if has_control else "gaussian"
         from .flow import make_source
         src = make_source(source)
+        if "seed" in src.options and not _names_seed(source):
+            src.seed = int(seed)  # a seeded source (its control subsets) follows the model's seed
         if match_keys is None and src.needs_control:
             ctrl_keys = set(self.setup.get("control_obs") or {})
             match_keys = [s["name"] for s in self.processor.conditions.specs()
@@ -294,3 +298,9 @@ class GRNDiff(TokenReadout):
     def to(self, device) -> "GRNDiff":
         self.module.to(device)
         return self
+
+
+def _names_seed(source) -> bool:
+    """Whether ``source`` fixes its own seed (a Source object, or a config dict with ``seed``)."""
+    from .flow import Source
+    return isinstance(source, Source) or (isinstance(source, dict) and "seed" in source)

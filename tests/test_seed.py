@@ -39,3 +39,22 @@ def test_same_seed_bitwise_across_fresh_processes_other_seed_differs():
     a, b, c = _run(0), _run(0), _run(1)
     assert a == b  # initial weights, trained weights and predictions
     assert a["init"] != c["init"] and a["weights"] != c["weights"] and a["predict"] != c["predict"]
+
+
+def test_model_seed_reaches_a_seeded_source_unless_the_source_names_its_own():
+    import numpy as np
+    import grndiff as gd
+    a = gd.datasets.krumsiek11()
+    a.obs["treat"] = np.where(np.arange(a.n_obs) % 2 == 0, "ctrl", "drug")
+    gd.GRNDiff.setup_anndata(a, condition_keys=["cell_type", "treat"], control_obs={"treat": "ctrl"})
+    kw = dict(prior=gd.datasets.krumsiek11_network(), modules=None, hidden=8, depth=1, token_depth=0)
+    assert gd.GRNDiff(a, seed=3, **kw).module.source.seed == 3  # default source: shifted control
+    assert gd.GRNDiff(a, seed=3, source={"name": "shifted_control", "seed": 5}, **kw).module.source.seed == 5
+    own = gd.flow.ShiftedControlSource(seed=7)
+    assert gd.GRNDiff(a, seed=3, source=own, **kw).module.source.seed == 7
+    # the shifted control's control subsets follow the seed: another seed transports differently
+    kw["source"] = {"name": "shifted_control", "max_bank": 40, "k": 4}
+    ctrl = a[a.obs["treat"] == "ctrl"][:30]
+    p0, p0b, p1 = (gd.GRNDiff(a, seed=s, **kw).predict(ctrl, {"treat": "drug"}, flow=False, clip=False).X
+                   for s in (0, 0, 1))
+    assert np.array_equal(p0, p0b) and not np.array_equal(p0, p1)

@@ -115,7 +115,7 @@ def fit_predict(train, query, cond_key: str, ctrl: str, pert: str, max_epochs: i
                           categorical_covariate_keys=["cell_type"], is_count_data=True,
                           deg_uns_key="rank_genes_groups_cov", deg_uns_cat_key="cov_cond", max_comb_len=1)
     model = cpa.CPA(full, split_key="split", train_split="train", valid_split="valid", test_split="ood",
-                    **MODEL_PARAMS)
+                    **{**MODEL_PARAMS, "seed": MODEL_PARAMS["seed"] + seed})  # seed 0: the tutorial's 6977
     with tempfile.TemporaryDirectory(prefix="cpa-") as tmp:
         extra = {"max_time": {"minutes": max_minutes}} if max_minutes else {}
         model.train(max_epochs=max_epochs, use_gpu=False, plan_kwargs=dict(TRAINER_PARAMS), save_path=tmp,

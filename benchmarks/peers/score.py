@@ -98,8 +98,27 @@ def _papalexi():
     return adata
 
 
+def seed_dirs(pred_dir) -> dict:
+    """``{seed: folder}``: ``pred_dir`` holds seed 0's files, ``pred_dir/seed<s>`` those of seed s
+    (``run_all.sh`` with ``SEEDS="0 1 2"`` writes them there)."""
+    pred_dir = Path(pred_dir)
+    out = {0: pred_dir}
+    for p in sorted(pred_dir.glob("seed*")) if pred_dir.is_dir() else []:
+        if p.is_dir() and p.name[4:].isdigit() and int(p.name[4:]) > 0:
+            out[int(p.name[4:])] = p
+    return out
+
+
 def kang_peer_records(pred_dir, methods=PEERS) -> list[dict]:
+    """Kang records of every seed's folder (:func:`seed_dirs`)."""
     adata = _kang()
+    records: list[dict] = []
+    for seed, folder in seed_dirs(pred_dir).items():
+        records += _kang_seed_records(adata, folder, methods, seed)
+    return records
+
+
+def _kang_seed_records(adata, pred_dir, methods, seed: int) -> list[dict]:
     X = log_expression(adata)
     ct = adata.obs["cell_type"].astype(str).to_numpy()
     cond = adata.obs["condition"].astype(str).to_numpy()
@@ -115,10 +134,10 @@ def kang_peer_records(pred_dir, methods=PEERS) -> list[dict]:
         pca = reference_pca(X[~held])
         for m, p in sorted(todo):
             pred = read_prediction(p, adata.var_names)
-            score_perturbation(records, "kang2018", m, 0, T, pred, true, ctrl, pca)
+            score_perturbation(records, "kang2018", m, seed, T, pred, true, ctrl, pca)
             secs = _train_seconds(pred_dir, m, T)
             if secs is not None:
-                records.append(record("kang2018", m, "train_seconds", secs, seed=0, group=T))
+                records.append(record("kang2018", m, "train_seconds", secs, seed=seed, group=T))
     average_groups(records, "kang2018", types)  # the mean over types; kept only where every type was predicted
     return _complete_only(records, "kang2018", types)
 
