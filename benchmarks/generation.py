@@ -61,7 +61,8 @@ correlation agreement computed once over all held-out vs all generated cells (``
     python benchmarks/generation.py --datasets kang2018 --methods grndiff,mlp --steps 600 --out DIR  # pilot
 
 Results are rewritten after every (data set, method, seed), so an interrupted run keeps what it
-finished. ``--merge A.json B.json`` combines the records of partial runs into one result.
+finished; ``--max-minutes`` starts no new row after that budget (the notes name the rows not run).
+Every row runs seed after seed (all rows of seed 0, then seed 1 …), so a cut leaves whole seeds.
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ if str(BENCH_DIR.parent) not in sys.path:  # run from a checkout without `pip in
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from _results import RESULTS_DIR, command_string, record, records_to_markdown, validate_records, write_results  # noqa: E402
+from _results import (RESULTS_DIR, command_string, record, seed_spread_markdown,  # noqa: E402
+                      write_results)
 
 NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
@@ -392,13 +394,16 @@ def run_one(ds, method, seed, data, cfg, log):
 
 # ============================================================================ output
 def summary_markdown(records) -> str:
-    """Group-"all" rows, mean over seeds (``(n=k)`` when k > 1), metrics in a fixed order."""
-    rows = [dict(r, seed=0) for r in records if r["group"] == "all"]
+    """Group-"all" rows per data set: ``mean ± sd (n=seeds)``, metrics in a fixed order."""
+    rows = [r for r in records if r["group"] == "all"]
     rows.sort(key=lambda r: METRIC_ORDER.index(r["metric"]) if r["metric"] in METRIC_ORDER else 99)
     order = {m: i for i, m in enumerate(METHODS)}
     ds_order = {d: i for i, d in enumerate(DATASETS)}
     rows.sort(key=lambda r: (ds_order.get(r["dataset"], 9), order.get(r["method"], 99)))
-    return records_to_markdown(rows) if rows else "(no results yet)\n"
+    if not rows:
+        return "(no results yet)\n"
+    return "\n\n".join(f"### {ds}\n\n" + seed_spread_markdown([r for r in rows if r["dataset"] == ds])
+                       for ds in dict.fromkeys(r["dataset"] for r in rows)) + "\n"
 
 
 def write(records, command, extra, out_dir):
@@ -410,52 +415,15 @@ def write(records, command, extra, out_dir):
     for k, v in extra.items():
         if k not in ("notes", "models"):
             head.append(f"- {k}: {v if isinstance(v, (str, int, float)) else json.dumps(v)}")
-    body = ["\n".join(head), "Group `all` = unweighted mean over groups; cells show the mean over seeds, `(n=k)` = "
-            "number of seeds (each seed is its own 80/20 split, model initialisation and sampling noise). "
-            "Per-group and per-seed values are in the JSON.", summary_markdown(records).rstrip()]
-    seed0 = [r for r in records if r["seed"] == 0]
-    if seed0 and len({r["seed"] for r in records}) > 1:
-        body += ["## Seed 0 only (every method on the same split)", summary_markdown(seed0).rstrip()]
+    body = ["\n".join(head), "Group `all` = unweighted mean over groups; cells show `mean ± sd (n=k)` over k seeds "
+            "(each seed is its own 80/20 split, model initialisation and sampling noise): a difference smaller "
+            "than the spread is not a win. Per-group and per-seed values are in the JSON.",
+            summary_markdown(records).rstrip()]
     notes = extra.get("notes")
     if notes:
         body.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
     md_path.write_text("\n\n".join(body) + "\n")
     return json_path, md_path
-
-
-def merge(paths, out_dir, command, notes=()):
-    """Combine partial runs: records (a row run twice keeps the first file's), notes and model
-    descriptions (union), and the ``config`` settings that every run shares; settings that differ
-    between runs are named in ``config_differs`` (each run's own are in its command)."""
-    records, extra, configs = [], {"notes": list(notes)} if notes else {}, []
-    for p in paths:
-        obj = json.loads(Path(p).read_text())
-        records += obj["records"]
-        for k, v in obj.items():
-            if k in ("command", "commit", "machine", "records", "wall_seconds"):  # per run, not per merge
-                continue
-            if k == "config":
-                configs.append(v)
-            elif isinstance(v, list) and isinstance(extra.get(k), list):
-                extra[k] = extra[k] + [x for x in v if x not in extra[k]]
-            elif isinstance(v, dict) and isinstance(extra.get(k), dict):
-                extra[k] = {**v, **extra[k]}  # the first file's entries win
-            else:
-                extra.setdefault(k, v)
-        extra.setdefault("commands", []).append(obj["command"])
-    if configs:
-        keys = sorted({k for c in configs for k in c})
-        extra["config"] = {k: configs[0][k] for k in keys if all(k in c and c[k] == configs[0][k] for c in configs)}
-        differs = [k for k in keys if k not in extra["config"]]
-        if differs:
-            extra["config_differs"] = differs
-    seen, unique = set(), []  # a (data set, method, seed) run twice: keep the first file's
-    for r in records:
-        key = (r["dataset"], r["method"], r["seed"], r["group"], r["metric"])
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
-    return write(validate_records(unique), command, extra, out_dir)
 
 
 # ============================================================================ main
@@ -465,8 +433,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default="kang2018,kang2018_ctrl")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=3, help="seeds of the cheap rows " + str(CHEAP))
-    p.add_argument("--deep-seeds", type=int, default=1, help="seeds of every other row")
-    p.add_argument("--seed-start", type=int, default=0, help="skip seeds below this (to extend an earlier run)")
+    p.add_argument("--deep-seeds", type=int, default=3, help="seeds of every other row")
     p.add_argument("--steps", type=int, default=1000, help="training steps of every deep model")
     p.add_argument("--steps-ctrl", type=int, default=None, help="steps on kang2018_ctrl (default --steps)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -477,8 +444,7 @@ def main(argv=None) -> int:
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
-    p.add_argument("--merge", nargs="+", default=None, help="combine partial result JSONs into --out")
-    p.add_argument("--note", action="append", default=[], help="with --merge: a note to put first (repeatable)")
+    p.add_argument("--max-minutes", type=float, default=None, help="start no new row after this many minutes")
     p.add_argument("--save-generated", default=None, help="also write every generated AnnData into this folder")
     p.add_argument("--source", default="gaussian", choices=("noise", "gaussian"),
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
@@ -492,11 +458,6 @@ def main(argv=None) -> int:
 
     command = command_string()
     out_dir = Path(args.out) if args.out else RESULTS_DIR
-    if args.merge:
-        for path in merge(args.merge, out_dir, command, args.note):
-            print(f"wrote {path}")
-        return 0
-
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
@@ -551,8 +512,12 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[generation {time.time() - t_start:6.0f}s] {msg}", flush=True)
 
+    skipped: list[str] = []
+
     def flush():
-        extra = {"config": config, "wall_seconds": round(time.time() - t_start), "notes": notes, "models": models}
+        cut = [f"not run (--max-minutes {args.max_minutes:g} reached): " + ", ".join(skipped)] if skipped else []
+        extra = {"config": config, "wall_seconds": round(time.time() - t_start), "notes": notes + cut,
+                 "models": models}
         if args.out is None and args.quick:
             return
         write(records, command, extra, out_dir)
@@ -562,12 +527,15 @@ def main(argv=None) -> int:
         cfg = dict(config, steps=(args.steps_ctrl or args.steps) if ds == "kang2018_ctrl" else args.steps,
                    mlp_hidden=128 if args.quick else 512, n_pcs_flow=50, quick=args.quick)
         n_seeds = max(args.seeds, args.deep_seeds)
-        for seed in range(args.seed_start, n_seeds):
+        for seed in range(n_seeds):
             data = None
             for method in methods:
                 if seed >= (args.seeds if method in CHEAP else args.deep_seeds):
                     continue
                 if method == "scvi" and not have_scvi:
+                    continue
+                if args.max_minutes is not None and time.time() - t_start > 60 * args.max_minutes:
+                    skipped.append(f"{ds}/{method}/seed{seed}")
                     continue
                 if data is None:
                     adata, real_all, tr, te, keys, sym = load_dataset(ds, seed)
@@ -590,6 +558,7 @@ def main(argv=None) -> int:
                 log(f"  energy {got.get('energy_distance', float('nan')):.3f}  mmd {got.get('mmd_rbf', float('nan')):.4f}  "
                     f"auc {got.get('classifier_auc', float('nan')):.3f}  train {got.get('train_seconds') or 0:.0f} s")
                 flush()
+    flush()
     print(summary_markdown(records))
     if args.out or not args.quick:
         print(f"wrote {out_dir / (NAME + '.json')}")

@@ -52,22 +52,22 @@ def test_real_vs_real_below_gaussian(quick_result):
     assert ed["real_vs_real"] < ed["gaussian"]
 
 
-def test_merge_keeps_the_first_run_of_a_row_and_puts_notes_first(quick_result, tmp_path):
-    obj, _ = quick_result
-    first, second = tmp_path / "a.json", tmp_path / "b.json"
-    first.write_text(json.dumps(obj))
-    changed = dict(obj, config=dict(obj["config"], steps=-1), notes=["from b"],
-                   records=[dict(r, value=123.0) for r in obj["records"]]  # the same rows, other values
-                   + [dict(r, method="grndiff_extra") for r in obj["records"] if r["method"] == "grndiff"])
-    second.write_text(json.dumps(changed))
-    out = tmp_path / "merged"
-    res = subprocess.run([sys.executable, str(SCRIPT), "--merge", str(first), str(second), "--out", str(out),
-                          "--note", "merged for a test"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_budget_cuts_whole_rows_and_says_so(tmp_path):
+    res = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--max-minutes", "0",
+                          "--methods", "real_vs_real,gaussian"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    merged = json.loads((out / "generation.json").read_text())
-    assert merged["notes"][0] == "merged for a test" and "from b" in merged["notes"]
-    assert "steps" not in merged["config"] and merged["config_differs"] == ["steps"]  # not one run's value
-    assert merged["config"] == {k: v for k, v in obj["config"].items() if k != "steps"}
-    assert 123.0 not in {r["value"] for r in merged["records"]}  # a row run twice: the first file's
-    assert {r["method"] for r in merged["records"]} == {"real_vs_real", "gaussian", "grndiff", "grndiff_extra"}
-    assert "| grndiff_extra |" in (out / "generation.md").read_text()
+    obj = json.loads((tmp_path / "generation.json").read_text())
+    assert obj["records"] == []
+    assert any("kang2018/real_vs_real/seed0" in n and "kang2018/gaussian/seed0" in n for n in obj["notes"])
+
+
+def test_spread_table_shows_mean_sd_and_seed_count():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from generation import summary_markdown
+    recs = [{"dataset": "kang2018", "method": "grndiff", "seed": s, "group": "all", "metric": "energy_distance",
+             "value": v} for s, v in enumerate((1.0, 2.0, 3.0))]
+    recs.append({"dataset": "kang2018", "method": "gaussian", "seed": 0, "group": "all",
+                 "metric": "energy_distance", "value": 5.0})
+    md = summary_markdown(recs)
+    assert "| grndiff | all | 2 ± 1 (n=3) |" in md and "| gaussian | all | 5 (n=1) |" in md
