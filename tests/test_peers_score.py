@@ -73,3 +73,13 @@ def test_wrong_genes_are_refused(tmp_path, kang):
     _common.write_pred(tmp_path, "cellflow", T, X[held][:, :10], a.obs[held], a.var_names[:10])
     with pytest.raises(ValueError, match="genes"):
         peer_records(tmp_path)
+
+
+def test_seed_folders_become_seeds(tmp_path, kang):
+    a, X, held, is_ctrl = kang
+    _common.write_pred(tmp_path, "scgen", T, X[held], a.obs[held], a.var_names)  # seed 0: perfect
+    _common.write_pred(tmp_path / "seed2", "scgen", T, X[is_ctrl], a.obs[is_ctrl], a.var_names)  # seed 2: no change
+    (tmp_path / "seedling").mkdir()  # not a seed folder: ignored
+    recs = [r for r in peer_records(tmp_path) if r["metric"] == "energy_distance"]
+    by_seed = {r["seed"]: r["value"] for r in recs}
+    assert set(by_seed) == {0, 2} and by_seed[2] > 1.0 > abs(by_seed[0])
