@@ -426,6 +426,44 @@ def write(records, command, extra, out_dir):
     return json_path, md_path
 
 
+_DATA: dict = {}  # per process: (data set, seed) → loaded data
+
+
+def _run_job(job):
+    """One (data set, method, seed) row in this process; returns (status, records, description, log lines)."""
+    ds, method, seed, cfg, deadline, threads = job
+    if deadline is not None and time.time() > deadline:  # --max-minutes: start no new row
+        return "skipped", [], None, []
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import logging
+
+    import torch
+    torch.set_num_threads(threads)
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    lines: list[str] = []
+    t0 = time.time()
+    if (ds, seed) not in _DATA:
+        from grndiff import priors
+        adata, real_all, tr, te, keys, sym = load_dataset(ds, seed)
+        prior_sym = symbol_prior(adata, sym, priors.load("collectri"))
+        _DATA[(ds, seed)] = (adata, real_all, tr, te, keys, sym, prior_sym, prior_in_var_names(adata, sym, prior_sym))
+        lines.append(f"{ds} seed {seed}: {adata.n_obs} cells × {adata.n_vars} genes, train {len(tr)}, "
+                     f"held-out {len(te)}, {adata.obs['group'].nunique()} groups, "
+                     f"{len(prior_sym)} CollecTRI edges among measured genes")
+    try:
+        recs, desc = run_one(ds, method, seed, _DATA[(ds, seed)], cfg, lines.append)
+    except Exception as e:  # noqa: BLE001 — reported as the row's failure
+        return "failed", [], f"{type(e).__name__}: {e}", lines + [f"{ds} / {method} / seed {seed} FAILED: {e}"]
+    got = {r["metric"]: r["value"] for r in recs if r["group"] == "all"}
+    lines.append(f"{ds} / {method} / seed {seed}: energy {got.get('energy_distance', float('nan')):.3f}  "
+                 f"mmd {got.get('mmd_rbf', float('nan')):.4f}  auc {got.get('classifier_auc', float('nan')):.3f}  "
+                 f"train {got.get('train_seconds') or 0:.0f} s ({time.time() - t0:.0f} s)")
+    return "ok", recs, desc, lines
+
+
+
 # ============================================================================ main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -445,6 +483,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     p.add_argument("--max-minutes", type=float, default=None, help="start no new row after this many minutes")
+    p.add_argument("--jobs", type=int, default=1, help="rows trained in parallel processes (--threads each)")
     p.add_argument("--save-generated", default=None, help="also write every generated AnnData into this folder")
     p.add_argument("--source", default="gaussian", choices=("noise", "gaussian"),
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
@@ -468,8 +507,8 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    from grndiff import priors
-
+    if args.jobs > 1 and SAVE_DIR is not None:
+        raise SystemExit("--save-generated needs --jobs 1 (the rows are generated in worker processes)")
     datasets = [d for d in args.datasets.split(",") if d]
     methods = [m for m in args.methods.split(",") if m]
     bad = (set(datasets) - set(DATASETS)) | (set(methods) - set(METHODS))
@@ -504,7 +543,7 @@ def main(argv=None) -> int:
         notes.append("scvi: scvi-tools is not installed (optional `bench` extra): row skipped.")
     config = {"steps": args.steps, "steps_ctrl": args.steps_ctrl or args.steps, "batch_size": args.batch_size,
               "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
-              "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds,
+              "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds, "jobs": args.jobs,
               "seeds_deep": args.deep_seeds, "quick": args.quick, "prediction": args.prediction,
               "source": args.source,
               "source_comps": args.source_comps, "source_residual": args.source_residual}
@@ -522,42 +561,35 @@ def main(argv=None) -> int:
             return
         write(records, command, extra, out_dir)
 
-    collectri = priors.load("collectri")
+    jobs = []  # seed after seed (every row of seed 0, then seed 1 …): a --max-minutes cut leaves whole seeds
     for ds in datasets:
         cfg = dict(config, steps=(args.steps_ctrl or args.steps) if ds == "kang2018_ctrl" else args.steps,
                    mlp_hidden=128 if args.quick else 512, n_pcs_flow=50, quick=args.quick)
-        n_seeds = max(args.seeds, args.deep_seeds)
-        for seed in range(n_seeds):
-            data = None
-            for method in methods:
-                if seed >= (args.seeds if method in CHEAP else args.deep_seeds):
-                    continue
-                if method == "scvi" and not have_scvi:
-                    continue
-                if args.max_minutes is not None and time.time() - t_start > 60 * args.max_minutes:
-                    skipped.append(f"{ds}/{method}/seed{seed}")
-                    continue
-                if data is None:
-                    adata, real_all, tr, te, keys, sym = load_dataset(ds, seed)
-                    prior_sym = symbol_prior(adata, sym, collectri)
-                    data = (adata, real_all, tr, te, keys, sym, prior_sym, prior_in_var_names(adata, sym, prior_sym))
-                    log(f"{ds} seed {seed}: {adata.n_obs} cells × {adata.n_vars} genes, train {len(tr)}, "
-                        f"held-out {len(te)}, {adata.obs['group'].nunique()} groups, "
-                        f"{len(prior_sym)} CollecTRI edges among measured genes")
-                log(f"{ds} / {method} / seed {seed} ...")
-                try:
-                    recs, desc = run_one(ds, method, seed, data, cfg, log)
-                except Exception as e:  # one failing row must not lose the others
-                    notes.append(f"{ds} / {method} / seed {seed} failed: {type(e).__name__}: {e}"[:400])
-                    log(f"  FAILED: {type(e).__name__}: {e}")
-                    flush()
-                    continue
-                records.extend(recs)
-                models[f"{ds}/{method}"] = desc
-                got = {r["metric"]: r["value"] for r in recs if r["group"] == "all"}
-                log(f"  energy {got.get('energy_distance', float('nan')):.3f}  mmd {got.get('mmd_rbf', float('nan')):.4f}  "
-                    f"auc {got.get('classifier_auc', float('nan')):.3f}  train {got.get('train_seconds') or 0:.0f} s")
-                flush()
+        for seed in range(max(args.seeds, args.deep_seeds)):
+            jobs += [(ds, m, seed, cfg) for m in methods
+                     if seed < (args.seeds if m in CHEAP else args.deep_seeds) and (m != "scvi" or have_scvi)]
+    deadline = t_start + 60 * args.max_minutes if args.max_minutes is not None else None
+    work = [(*j, deadline, args.threads) for j in jobs]
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"))
+        results = pool.map(_run_job, work)
+    else:
+        pool, results = None, map(_run_job, work)
+    for (ds, method, seed, _), (status, recs, desc, lines) in zip(jobs, results):
+        for line in lines:
+            log(line)
+        if status == "skipped":
+            skipped.append(f"{ds}/{method}/seed{seed}")
+        elif status == "failed":  # one failing row must not lose the others
+            notes.append(f"{ds} / {method} / seed {seed} failed: {desc}"[:400])
+        else:
+            records.extend(recs)
+            models[f"{ds}/{method}"] = desc
+        flush()
+    if pool is not None:
+        pool.shutdown()
     flush()
     print(summary_markdown(records))
     if args.out or not args.quick:
