@@ -159,7 +159,8 @@ def _spread(vals: list) -> str:
     if len(vals) == 1:
         return f"{_fmt(mean)} (n=1)"
     sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-    return f"{_fmt(mean)} ± {_fmt(sd)} (n={len(vals)})"
+    sd_text = f"{sd:.1f}" if abs(mean) >= 10 else f"{sd:.3f}"  # the mean's precision: 1e-16 reads as 0.000
+    return f"{_fmt(mean)} ± {sd_text} (n={len(vals)})"
 
 
 SUMMARY_GROUPS = ("all", "strong")
@@ -283,11 +284,28 @@ def mark_stale(name: str, reason: str, out_dir: str | os.PathLike | None = None)
     md_path.write_text(f"> **Stale:** {reason}\n\n" + body)
 
 
+def render(name: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """Rewrite ``<name>.md`` from ``<name>.json`` (the numbers are the JSON's; only the layout is
+    today's): for a table written before a change of the Markdown layout."""
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    obj = json.loads((out / f"{name}.json").read_text())
+    body = _render_document(name, obj)
+    if obj.get("stale"):
+        body = f"> **Stale:** {obj['stale']}\n\n" + body
+    (out / f"{name}.md").write_text(body)
+    return out / f"{name}.md"
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="Benchmark results helpers")
-    ap.add_argument("--stale", nargs=2, metavar=("NAME", "REASON"), required=True,
-                    help="mark benchmarks/results/NAME.{json,md} as stale with REASON")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--stale", nargs=2, metavar=("NAME", "REASON"),
+                   help="mark benchmarks/results/NAME.{json,md} as stale with REASON")
+    g.add_argument("--render", metavar="NAME", help="rewrite benchmarks/results/NAME.md from NAME.json")
     a = ap.parse_args()
-    mark_stale(*a.stale)
+    if a.stale:
+        mark_stale(*a.stale)
+    else:
+        print(render(a.render))
