@@ -70,4 +70,4 @@ def test_spread_table_shows_mean_sd_and_seed_count():
     recs.append({"dataset": "kang2018", "method": "gaussian", "seed": 0, "group": "all",
                  "metric": "energy_distance", "value": 5.0})
     md = summary_markdown(recs)
-    assert "| grndiff | all | 2 ± 1 (n=3) |" in md and "| gaussian | all | 5 (n=1) |" in md
+    assert "| grndiff | all | 2 ± 1.000 (n=3) |" in md and "| gaussian | all | 5 (n=1) |" in md
