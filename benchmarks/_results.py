@@ -281,7 +281,11 @@ def mark_stale(name: str, reason: str, out_dir: str | os.PathLike | None = None)
     obj = {**{k: v for k, v in obj.items() if k != "records"}, "stale": reason, "records": obj["records"]}
     json_path.write_text(json.dumps(obj, indent=1) + "\n")
     body = md_path.read_text() if md_path.exists() else _render_document(name, obj)
-    md_path.write_text(f"> **Stale:** {reason}\n\n" + body)
+    md_path.write_text(_stale_banner(reason) + body)
+
+
+def _stale_banner(reason: str) -> str:
+    return f"> **Stale:** {reason}\n\n"
 
 
 def render(name: str, out_dir: str | os.PathLike | None = None) -> Path:
@@ -291,7 +295,7 @@ def render(name: str, out_dir: str | os.PathLike | None = None) -> Path:
     obj = json.loads((out / f"{name}.json").read_text())
     body = _render_document(name, obj)
     if obj.get("stale"):
-        body = f"> **Stale:** {obj['stale']}\n\n" + body
+        body = _stale_banner(obj["stale"]) + body
     (out / f"{name}.md").write_text(body)
     return out / f"{name}.md"
 

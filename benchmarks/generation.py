@@ -429,11 +429,10 @@ def write(records, command, extra, out_dir):
 _DATA: dict = {}  # per process: (data set, seed) → loaded data
 
 
-def _run_job(job):
-    """One (data set, method, seed) row in this process; returns (status, records, description, log lines)."""
-    ds, method, seed, cfg, deadline, threads = job
-    if deadline is not None and time.time() > deadline:  # --max-minutes: start no new row
-        return "skipped", [], None, []
+def _setup_process(threads: int) -> None:
+    """Threads and quiet logs, once per process (the main one and every worker)."""
+    if _DATA.get("_ready"):
+        return
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import logging
 
@@ -442,6 +441,15 @@ def _run_job(job):
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    _DATA["_ready"] = True
+
+
+def _run_job(job):
+    """One (data set, method, seed) row in this process; returns (status, records, description, log lines)."""
+    ds, method, seed, cfg, deadline, threads = job
+    if deadline is not None and time.time() > deadline:  # --max-minutes: start no new row
+        return "skipped", [], None, []
+    _setup_process(threads)
     lines: list[str] = []
     t0 = time.time()
     if (ds, seed) not in _DATA:
@@ -497,16 +505,7 @@ def main(argv=None) -> int:
 
     command = command_string()
     out_dir = Path(args.out) if args.out else RESULTS_DIR
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import logging
-
-    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
+    _setup_process(args.threads)
     if args.jobs > 1 and SAVE_DIR is not None:
         raise SystemExit("--save-generated needs --jobs 1 (the rows are generated in worker processes)")
     datasets = [d for d in args.datasets.split(",") if d]
