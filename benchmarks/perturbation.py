@@ -76,9 +76,34 @@ def papalexi_folds(kos, n_folds: int = 5, seed: int = 0) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------ one model (a worker job)
+# Trained variants (issue 27's ablation). Each trained model gives two rows: ``<name>`` (predict() as
+# a user calls it: what the validation gate chose) and ``<name>_flow`` (predict(flow=True): the whole
+# flow). ``grndiff`` is the package default; the others change one thing.
+_SC = "shifted_control"
+VARIANTS = {
+    "grndiff": {},
+    "lowrank_ctx": {"source": {"name": _SC, "coupling": "lowrank"}, "options": {"context_conditioning": True}},
+    "lowrank_noctx": {"source": {"name": _SC, "coupling": "lowrank"}, "options": {"context_conditioning": False}},
+    "residual_ctx": {"source": {"name": _SC, "coupling": "residual"}, "options": {"context_conditioning": True}},
+    "residual_noctx": {"source": {"name": _SC, "coupling": "residual"}, "options": {"context_conditioning": False}},
+    "full_noctx": {"source": {"name": _SC, "coupling": "full"}, "options": {"context_conditioning": False}},
+    "nogate": {"gate": False},
+}
+
+
 def _model(train, source, seed, net):
     import grndiff as gd
     return gd.GRNDiff(train, prior="collectri", modules="hallmark", source=source, seed=seed, **net)
+
+
+def _predictions(model, ctrl_ad, conditions, name, n_steps, trained) -> dict:
+    """{row name: predicted AnnData}: the default predict() and, for a trained model, the whole flow."""
+    out = {name: model.predict(ctrl_ad, conditions, n_steps=n_steps if trained else 1, clip=False)}
+    if trained and model.flow_weight < 1:
+        out[f"{name}_flow"] = model.predict(ctrl_ad, conditions, n_steps=n_steps, clip=False, flow=True)
+    elif trained:
+        out[f"{name}_flow"] = out[name]
+    return out
 
 
 def run_job(job: dict) -> list[dict]:
@@ -100,33 +125,49 @@ def run_job(job: dict) -> list[dict]:
         is_ctrl = (ct == T) & (cond == "ctrl")
         model = _model(adata[~held].copy(), job["source"], seed, job["net"])
         if steps:
-            model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False)
-        pred = model.predict(adata[is_ctrl].copy(), {"condition": "stim"}, n_steps=job["n_steps"] if steps else 1,
-                             clip=False)
+            model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False,
+                        **job.get("train", {}))
+            _gate_records(recs, ds, name, seed, T, model)
         pca = reference_pca(X[~held])
-        m = score_perturbation(recs, ds, name, seed, T, dense(pred.X), X[held], X[is_ctrl], pca)
-        if job.get("pred_dir") and seed == 0:
-            pred.write_h5ad(os.path.join(job["pred_dir"], f"pred_{name}_{_safe(T)}.h5ad"))
-        msg = f"pearson_top20 {m['pearson_delta_top20']:.3f} energy {m['energy_distance']:.2f}"
+        msg = ""
+        for row, pred in _predictions(model, adata[is_ctrl].copy(), {"condition": "stim"}, name, job["n_steps"],
+                                      bool(steps)).items():
+            m = score_perturbation(recs, ds, row, seed, T, dense(pred.X), X[held], X[is_ctrl], pca)
+            if job.get("pred_dir") and seed == 0:
+                pred.write_h5ad(os.path.join(job["pred_dir"], f"pred_{row}_{_safe(T)}.h5ad"))
+            msg += f" {row} ρΔ20 {m['pearson_delta_top20']:.3f} energy {m['energy_distance']:.2f};"
     else:
         lab = adata.obs["perturbation"].astype(str).to_numpy()
         held_out = job["fold_kos"]
         held = np.isin(lab, held_out)
         model = _model(adata[~held].copy(), job["source"], seed, job["net"])
         if steps:
-            model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False)
+            model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False,
+                        **job.get("train", {}))
+            _gate_records(recs, ds, name, seed, f"fold{job['fold']}", model)
         ctrl_ad = _control_subset(adata, lab, job["pred_cells"], job["fold"])
         pca = reference_pca(X[~held], seed=job["fold"])
-        vals = []
+        vals: dict = {}
         for p in held_out:
-            pred = model.predict(ctrl_ad, {"perturbation": p}, n_steps=job["n_steps"] if steps else 1, clip=False)
-            m = score_perturbation(recs, ds, name, seed, p, dense(pred.X), X[lab == p], X[lab == "control"], pca)
-            vals.append(m["pearson_delta_top20"])
-        msg = f"fold {job['fold']} pearson_top20 {np.nanmean(vals):.3f}"
+            for row, pred in _predictions(model, ctrl_ad, {"perturbation": p}, name, job["n_steps"],
+                                          bool(steps)).items():
+                m = score_perturbation(recs, ds, row, seed, p, dense(pred.X), X[lab == p], X[lab == "control"], pca)
+                vals.setdefault(row, []).append(m["pearson_delta_top20"])
+        msg = f"fold {job['fold']} " + "; ".join(f"{r} ρΔ20 {np.nanmean(v):.3f}" for r, v in vals.items())
     recs.append(record(ds, name, "train_seconds", time.perf_counter() - t0, seed=seed, group=str(job["group"])))
     print(f"  {ds} {str(job['group']):<18s} {name:<22s} seed {seed} {msg} ({time.perf_counter() - t0:.0f}s)",
           flush=True)
     return recs
+
+
+def _gate_records(recs, ds, name, seed, group, model) -> None:
+    """The gate's choice (flow weight α) and its validation scores, as records of the model's row."""
+    gate = model.gate_ or {}
+    if "alpha" in gate:
+        recs.append(record(ds, name, "gate_alpha", gate["alpha"], seed=seed, group=group))
+    for key in ("transport", "flow"):
+        if gate.get(key) is not None:
+            recs.append(record(ds, name, f"gate_val_{key}", gate[key], seed=seed, group=group))
 
 
 def _control_subset(adata, lab, n, seed):
@@ -210,6 +251,12 @@ def _summary(records) -> list[str]:
     return out
 
 
+def _variant(name: str, net: dict) -> dict:
+    v = VARIANTS[name]
+    return {"source": v.get("source", "auto"), "net": {**net, **v.get("options", {})},
+            "train": {"gate": v["gate"]} if "gate" in v else {}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI smoke run (< 2 min); writes under a temp dir")
@@ -227,10 +274,17 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="wall budget: grndiff jobs not started by then are skipped (listed in the notes); 0 runs "
                     "only the baselines, the peers and cell-eval")
+    ap.add_argument("--variants", default="grndiff", help=f"trained grndiff variants, comma-separated, of {list(VARIANTS)}")
+    ap.add_argument("--shift-rows", default="yes", choices=("yes", "no"),
+                    help="also run the untrained rows (grndiff_shift, grndiff_shift_knn)")
     ap.add_argument("--name", default="perturbation")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
     quiet()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     net = {}
     out_dir = args.out_dir
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -254,21 +308,24 @@ def main(argv=None):
         types = kang_baselines(args, records)
         groups["kang2018"] = types
         for T in types:
-            jobs += [{**common, "dataset": "kang2018", "group": T, "method": "grndiff_shift", "seed": s, "steps": 0,
-                      "source": "shifted_control", "pred_dir": args.pred_dir} for s in seeds]
-            jobs.append({**common, "dataset": "kang2018", "group": T, "method": "grndiff_shift_knn", "seed": 0,
-                         "steps": 0, "source": {"name": "shifted_control", "blend": 1.0}})
-            jobs += [{**common, "dataset": "kang2018", "group": T, "method": "grndiff", "seed": s,
-                      "steps": args.kang_steps, "source": "shifted_control", "pred_dir": args.pred_dir} for s in seeds]
+            if args.shift_rows == "yes":
+                jobs += [{**common, "dataset": "kang2018", "group": T, "method": "grndiff_shift", "seed": s,
+                          "steps": 0, "source": "shifted_control", "pred_dir": args.pred_dir} for s in seeds]
+                jobs.append({**common, "dataset": "kang2018", "group": T, "method": "grndiff_shift_knn", "seed": 0,
+                             "steps": 0, "source": {"name": "shifted_control", "blend": 1.0}})
+            jobs += [{**common, **_variant(v, net), "dataset": "kang2018", "group": T, "method": v, "seed": s,
+                      "steps": args.kang_steps, "pred_dir": args.pred_dir if v == "grndiff" else None}
+                     for v in variants for s in seeds]
     if "papalexi" in parts:
         folds, kos = papalexi_baselines(args, records)
         groups["papalexi2021"] = [p for f in folds for p in f]
         for f, held_out in enumerate(folds):
             base = {**common, "dataset": "papalexi2021", "group": f"fold{f}", "fold": f, "fold_kos": held_out}
-            jobs += [{**base, "method": "grndiff_shift", "seed": s, "steps": 0, "source": "shifted_control"}
-                     for s in seeds]
-            jobs += [{**base, "method": "grndiff", "seed": s, "steps": args.papalexi_steps,
-                      "source": "shifted_control"} for s in seeds]
+            if args.shift_rows == "yes":
+                jobs += [{**base, "method": "grndiff_shift", "seed": s, "steps": 0, "source": "shifted_control"}
+                         for s in seeds]
+            jobs += [{**base, **_variant(v, net), "method": v, "seed": s, "steps": args.papalexi_steps}
+                     for v in variants for s in seeds]
 
     def save():
         recs = [r for r in records if r["group"] not in ("all", "strong")]

@@ -20,6 +20,7 @@ class TokenReadout:
         keys = self.processor.conditions.keys
         own = {k: adata.obs[k].to_numpy() for k in keys if use_conditions and k in adata.obs.columns}
         cond, pert, _ = self.processor.conditions.request(own, x.shape[0])
+        cond = self.module.net_conditions(cond)  # what the network was trained to see
         acts, toks = [], []
         for s in range(0, x.shape[0], batch_size):
             sl = slice(s, s + batch_size)

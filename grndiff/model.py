@@ -20,6 +20,7 @@ import torch
 from . import __version__
 from .data import ExpressionProcessor, get_setup, ondisk, setup_anndata
 from ._representation import TokenReadout
+from .gate import ALPHAS, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
 from .train import FlowModule, LossHistory
 from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
@@ -102,6 +103,8 @@ class GRNDiff(TokenReadout):
         self._ensure_source(adata)  # an untrained model samples its source; train() refits on its training split
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
+        self.gate_: dict | None = None  # set by train(): the validation gate's choice (grndiff.gate)
+        self.validation_: pd.DataFrame = pd.DataFrame()
         self._library_size = ondisk.median_library_size(adata, self.setup)
 
     def _build_module(self, source=None) -> FlowModule:
@@ -115,7 +118,16 @@ class GRNDiff(TokenReadout):
         n_par = sum(p.numel() for p in self.module.net.parameters())
         return (f"GRNDiff(backbone={self.config['backbone']!r}, source={self.config['source']['name']!r}, "
                 f"genes={self.graph.n_genes}, edges={self.graph.n_edges}, modules={self.graph.n_modules}, "
-                f"parameters={n_par:,}, trained={self.is_trained})")
+                f"parameters={n_par:,}, trained={self.is_trained}{self._gate_repr()})")
+
+    def _gate_repr(self) -> str:
+        gate = getattr(self, "gate_", None)
+        if not gate:
+            return ""
+        if gate.get("unit") is None:
+            return ", gate: transport only (no group could be hidden)"
+        return (f", gate: flow weight {gate['alpha']:g} (hidden {gate['unit']}s: transport {gate['transport']:.3f}, "
+                f"flow {gate['flow']:.3f})")
 
     # ---------------------------------------------------------------- training
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
@@ -124,21 +136,42 @@ class GRNDiff(TokenReadout):
               holdout: dict | None = None, accelerator: str = "auto", devices: Any = 1,
               precision: Any = None, seed: int | None = None, progress_bar: bool = True, logger: Any = False,
               default_root_dir: str | None = None, enable_checkpointing: bool = False, callbacks=None,
-              adata: ad.AnnData | None = None, verbose: bool = False, **trainer_kwargs) -> "GRNDiff":
+              adata: ad.AnnData | None = None, verbose: bool = False, gate: bool | str = "auto",
+              gate_fraction: float = 0.2, **trainer_kwargs) -> "GRNDiff":
         """Train with Lightning (CPU or GPU, ``accelerator="auto"``).
 
         ``adata`` defaults to the AnnData the model was built on (a reference; it is not modified).
         ``holdout`` ({obs key: [values]}) removes those groups from training. ``seed`` (default: the
         model's) seeds batches, pairing and noise, ``split_seed`` the split; quiet unless ``verbose``.
+
+        ``gate`` (``"auto"``: on for a model that transports control cells) hides ``gate_fraction``
+        of the contexts — or, for knock-outs, of the perturbations — from the network, then measures
+        on them how much of the learned flow :meth:`predict` should apply (:mod:`grndiff.gate`);
+        the source is refitted on every training cell afterwards. The choice is ``model.gate_``, its
+        scores ``model.validation_``; both are saved with the model.
         """
         adata = adata if adata is not None else getattr(self, "_adata", None)
         if adata is None:
             raise ValueError("pass the training AnnData: model.train(adata=adata, ...)")
+        if gate not in ("auto", True, False):
+            raise ValueError(f"gate must be 'auto', True or False, got {gate!r}")
+        if not 0.0 < float(gate_fraction) < 1.0:
+            raise ValueError(f"gate_fraction must be in (0, 1), got {gate_fraction}")
+        split = None
+        if gate is True or (gate == "auto" and self.module.source.can_transport):
+            if not self.module.source.can_transport:
+                raise ValueError(f"gate=True needs a model that transports control cells; this model's source "
+                                 f"({self.config['source']['name']!r}) only generates")
+            split = self._gate_split(adata, gate_fraction)
+        if split is not None and not isinstance(split, str):
+            train_on = adata[~split.hidden]
+        else:
+            train_on = adata
         if max_epochs is None and max_steps in (-1, None):
             max_epochs = default_epochs(adata.n_obs)
         seed = self.config.get("seed", 0) if seed is None else int(seed)
         L.seed_everything(seed, workers=True, verbose=False)
-        dm = self.datamodule(adata, batch_size=batch_size, val_fraction=val_fraction,
+        dm = self.datamodule(train_on, batch_size=batch_size, val_fraction=val_fraction,
                              split_seed=seed if split_seed is None else split_seed,
                              stratify_key=stratify_key, holdout=holdout)
         history = LossHistory()
@@ -153,7 +186,44 @@ class GRNDiff(TokenReadout):
         self.module.cpu()
         self.history = pd.concat([self.history, pd.DataFrame(history.records)], ignore_index=True)
         self.is_trained = True
+        if isinstance(split, str):
+            warn_no_gate(split)
+            self.gate_, self.validation_ = {"alpha": 0.0, "unit": None, "groups": [], "reason": split}, pd.DataFrame()
+        elif split is not None:
+            self._run_gate(adata, split)
+            self.module.fit_source(self.datamodule(adata, batch_size=1024, val_fraction=0.0))  # every context
+            self.module.cpu()
+        else:
+            self.gate_, self.validation_ = None, pd.DataFrame()
         return self
+
+    def _gate_split(self, adata: ad.AnnData, fraction: float):
+        control = self.processor.control_mask(adata)
+        if control is None:
+            return "no control cells registered"
+        return gate_split(adata.obs, control, self.setup, self.config.get("match_keys"), fraction=fraction,
+                          seed=self.config.get("seed", 0))
+
+    def _run_gate(self, adata: ad.AnnData, split, n_steps: int = 50) -> None:
+        """Score transport vs transport + flow on the hidden groups; set ``gate_`` and ``validation_``."""
+        rows = []
+        for name, truth_rows, ctrl_rows, conditions in split.groups:
+            ctrl_ad = adata[ctrl_rows]
+            x_t = self.predict(ctrl_ad, conditions, flow=False, clip=False).X
+            x_f = self.predict(ctrl_ad, conditions, flow=True, clip=False, n_steps=n_steps).X
+            truth = self.processor.log_expression(adata[truth_rows]).toarray()
+            ctrl = self.processor.log_expression(ctrl_ad).toarray()
+            for a, v in zip(ALPHAS, score_alphas(x_t, x_f, truth, ctrl)):
+                rows.append({"group": name, "alpha": a, "pearson_delta_top20": v})
+        table = pd.DataFrame(rows)
+        alpha = choose_alpha(table)
+        mean = table.groupby("alpha")["pearson_delta_top20"].mean()
+        self.validation_ = table
+        self.gate_ = {"alpha": alpha, "unit": split.unit, "groups": [g[0] for g in split.groups], "reason": None,
+                      "transport": float(mean.get(0.0, np.nan)), "flow": float(mean.get(1.0, np.nan)),
+                      "chosen": float(mean.get(alpha, np.nan))}
+        log.info("grndiff gate: α = %.2f on %d hidden %s group(s) (transport %.3f, flow %.3f)", alpha,
+                 len(split.groups), split.unit, self.gate_["transport"], self.gate_["flow"])
 
     def datamodule(self, adata: ad.AnnData, **kw) -> L.LightningDataModule:
         """The data module this model trains on (streamed from disk for a backed AnnData)."""
@@ -215,13 +285,15 @@ class GRNDiff(TokenReadout):
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def predict(self, adata_ctrl: ad.AnnData, conditions: dict, *, n_steps: int = 50, method: str = "euler",
                 guidance: float = 1.0, seed: int = 0, batch_size: int = 1024, clip: bool = True,
-                progress: bool = False, flow: bool = True) -> ad.AnnData:
+                progress: bool = False, flow: bool | None = None) -> ad.AnnData:
         """Counterfactual: what would these control cells look like under ``conditions``?
 
         The model's source moves each control cell (``shifted_control``: by the cell-state-dependent
         shift estimated from the training contexts; ``control``: not at all) and the learned flow
-        carries it to the target conditions (``flow=False``: the source's estimate alone, no
-        network). Conditions not given in ``conditions`` are taken from ``adata_ctrl.obs``. A model
+        carries it to the target conditions. ``flow=None`` (default) applies what the validation
+        gate chose (``x_T + α·(x_flow − x_T)``, ``model.gate_["alpha"]``; the whole flow for a model
+        trained with ``gate=False``); ``flow=False`` returns the source's estimate alone (no network),
+        ``flow=True`` the whole flow. Conditions not given in ``conditions`` are taken from ``adata_ctrl.obs``. A model
         whose source only generates (``gaussian``, ``noise``) raises a ``ValueError`` naming what to set.
 
         Returns
@@ -236,12 +308,22 @@ class GRNDiff(TokenReadout):
         cond, pert, obs = self.processor.conditions.request(new, n)  # bad input is reported before the source is asked
         self._ensure_source()
         x0 = self.module.source.transport(x_ctrl, cond, pert)  # a generative source says what to set instead
-        x = x0 if not flow else self.module.generate(x0, cond, pert, n_steps=n_steps, method=method,
-                                                      guidance=guidance, batch_size=batch_size, progress=progress)
+        alpha = self.flow_weight if flow is None else float(bool(flow))
+        x = x0
+        if alpha > 0:
+            x = self.module.generate(x0, cond, pert, n_steps=n_steps, method=method, guidance=guidance,
+                                     batch_size=batch_size, progress=progress)
+            x = x0 + alpha * (x - x0) if alpha < 1 else x
         obs.index = adata_ctrl.obs_names.astype(str) + "-pred"
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "predict",
-                  "clip": clip, "flow": flow}
+                  "clip": clip, "flow": flow, "flow_weight": alpha}
         return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip)
+
+    @property
+    def flow_weight(self) -> float:
+        """``α`` of :meth:`predict`'s default: the gate's choice, 1 (the whole flow) without a gate."""
+        gate = getattr(self, "gate_", None)
+        return 1.0 if not gate else float(gate["alpha"])
 
     def _to_anndata(self, x_scaled: torch.Tensor, obs: pd.DataFrame, params: dict, *, counts: bool, seed: int,
                     clip: bool = True) -> ad.AnnData:
@@ -260,7 +342,9 @@ class GRNDiff(TokenReadout):
         write_model_dir({"grndiff_version": __version__, "config": self.config, "setup": self.setup,
                          "processor": self.processor.to_state(), "graph": self.graph.to_state(),
                          "state_dict": self.module.state_dict(), "history": self.history.to_dict(orient="list"),
-                         "is_trained": self.is_trained, "library_size": float(self._library_size)},
+                         "is_trained": self.is_trained, "library_size": float(self._library_size),
+                         "gate": getattr(self, "gate_", None),
+                         "validation": getattr(self, "validation_", pd.DataFrame()).to_dict(orient="list")},
                         dir_path, overwrite=overwrite)
 
     @classmethod
@@ -292,6 +376,8 @@ class GRNDiff(TokenReadout):
         self.history = pd.DataFrame(payload.get("history") or {})
         self.is_trained = bool(payload.get("is_trained"))
         self._library_size = payload.get("library_size", 1e4)
+        self.gate_ = payload.get("gate")
+        self.validation_ = pd.DataFrame(payload.get("validation") or {})
         self._adata = None
         return self
 

@@ -38,7 +38,9 @@ from .sources import Source, _checked_control
 
 __all__ = ["ShiftedControlSource", "condition_keys_of"]
 
-_RESIZABLE = ("bank_z", "bank_d", "bank_pair", "pair_label", "pair_ctx", "pair_shift", "label_table", "ctx_table")
+_RESIZABLE = ("bank_z", "bank_d", "bank_pair", "pair_label", "pair_ctx", "pair_shift", "pair_err", "label_table",
+              "ctx_table")
+COUPLINGS = ("lowrank", "residual", "full")
 
 
 def condition_keys_of(cond: dict | None, pert: torch.Tensor | None, names: Sequence[str], n: int,
@@ -77,7 +79,15 @@ class ShiftedControlSource(Source):
         Choosing the weight by leave-one-context-out on the training types was tried and picked
         worse weights (0.903).
     coupling
-        ``"lowrank"`` (the network moves cells off the ``k`` axes only) or ``"full"``.
+        How training pairs a source point ``x₀`` with a perturbed cell ``x₁``:
+
+        - ``"lowrank"``: ``x₀`` takes ``x₁``'s coordinates on the ``k`` axes and the velocity is
+          kept off them, so the network can only change the gene-level residual off the axes;
+        - ``"residual"``: as ``"lowrank"``, but on the axes ``x₀`` sits where the leave-one-context-out
+          estimate put the *mean* of ``x₁``'s (perturbation, context) group, and the velocity is
+          free: the network learns the estimate's error on the principal axes (a noise-free target
+          per group) as well as the residual off them;
+        - ``"full"``: ``x₀`` is the shifted paired control cell, unconstrained.
     max_bank
         Control cells kept per (perturbation, context) pair (random subset, seeded).
     seed
@@ -93,8 +103,8 @@ class ShiftedControlSource(Source):
     def __init__(self, k: int = 100, neighbours: int = 15, match_dims: int = 30, blend: float = 0.75,
                  coupling: str = "lowrank", max_bank: int = 500, seed: int = 0):
         super().__init__()
-        if coupling not in ("lowrank", "full"):
-            raise ValueError(f"ShiftedControlSource coupling must be 'lowrank' or 'full', got {coupling!r}")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"ShiftedControlSource coupling must be one of {COUPLINGS}, got {coupling!r}")
         if not 0.0 <= float(blend) <= 1.0:
             raise ValueError(f"blend must be in [0, 1], got {blend}")
         if min(int(k), int(neighbours), int(match_dims), int(max_bank)) < 1:
@@ -123,12 +133,15 @@ class ShiftedControlSource(Source):
         for name, shape, dtype in (("bank_z", (0, self.match_dims), torch.float32), ("bank_d", (0, G), torch.float32),
                                    ("bank_pair", (0,), torch.long), ("pair_label", (0,), torch.long),
                                    ("pair_ctx", (0,), torch.long), ("pair_shift", (0, G), torch.float32),
+                                   ("pair_err", (0, G), torch.float32),
                                    ("label_table", (0, 0), torch.float64), ("ctx_table", (0, 0), torch.float64)):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         self.register_buffer("control_label", torch.tensor(-1))
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "pair_shift" in state_dict and prefix + "pair_err" not in state_dict:  # saved before pair_err
+            state_dict[prefix + "pair_err"] = torch.zeros_like(state_dict[prefix + "pair_shift"])
         for name in _RESIZABLE:  # the bank's size is set by the data it was fitted on
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
@@ -223,7 +236,25 @@ class ShiftedControlSource(Source):
         self.control_label.fill_(ctrl_label)
         self._maps = None
         self._fitted.fill_(True)
+        self.pair_err = self._loo_errors()
         return self
+
+    def _loo_errors(self) -> torch.Tensor:
+        """(pairs, G): for each (perturbation, context) pair of the bank whose perturbation was seen
+        in another context, the leave-this-context-out estimate's mean over the pair's control
+        cells minus the pair's true mean shift, on the ``k`` axes (zero elsewhere)."""
+        err = torch.zeros_like(self.pair_shift)
+        n_ctx = self._lookup()[2]
+        for q in range(self.pair_label.numel()):
+            l_, c = int(self.pair_label[q]), int(self.pair_ctx[q])
+            if n_ctx.get(l_, 0) < 2:
+                continue
+            rows = torch.nonzero(self.bank_pair == q).flatten()
+            # the bank keeps the control cells' log-PC coordinates, enough for the neighbour search
+            est = self._shift_from_coords(self.bank_z[rows], [l_] * rows.numel(), [c] * rows.numel()).mean(0)
+            d = est - self.pair_shift[q]
+            err[q] = d - self.axes.project_off(d[None])[0]
+        return err
 
     # ------------------------------------------------------------------ shift
     def _pooled(self, exclude_label: int = -2, exclude_ctx: int = -2) -> torch.Tensor:
@@ -244,7 +275,13 @@ class ShiftedControlSource(Source):
         ``exclude_ctx`` (B,) and, where ``exclude_label``, the cell's own perturbation."""
         if not self.fitted:
             raise RuntimeError("ShiftedControlSource is not fitted: train the model (or call .fit) first")
-        B = x_ctrl.shape[0]
+        out = self._shift_from_coords(self._coords(x_ctrl.cpu()), label, exclude_ctx, exclude_label)
+        return out.to(device=x_ctrl.device, dtype=x_ctrl.dtype)
+
+    def _shift_from_coords(self, z: torch.Tensor, label: Sequence[int], exclude_ctx: Sequence[int] | None = None,
+                           exclude_label: Sequence[bool] | None = None) -> torch.Tensor:
+        """:meth:`shift` from the cells' leading log-PC coordinates ``z`` (B, match_dims)."""
+        B = z.shape[0]
         exclude_ctx = [-2] * B if exclude_ctx is None else list(exclude_ctx)
         exclude_label = [False] * B if exclude_label is None else list(exclude_label)
         out = torch.zeros(B, self.n_genes)
@@ -262,11 +299,11 @@ class ShiftedControlSource(Source):
                 out[rows_t] = self._pooled(exclude_label=l_ if l_ex else -2, exclude_ctx=-2)
                 continue
             sel = torch.nonzero(torch.isin(self.bank_pair, q)).flatten()
-            d = torch.cdist(self._coords(x_ctrl[rows_t].cpu()), self.bank_z[sel])
+            d = torch.cdist(z[rows_t], self.bank_z[sel])
             nn_idx = d.topk(min(self.neighbours, sel.numel()), dim=1, largest=False).indices  # (b, n)
             knn = self.bank_d[sel][nn_idx].mean(1)
             out[rows_t] = self.blend * knn + (1.0 - self.blend) * self.pair_shift[q].mean(0)
-        return out.to(device=x_ctrl.device, dtype=x_ctrl.dtype)
+        return out
 
     # ------------------------------------------------------------- the flow
     def pair(self, x1, cond, pert, x_ctrl, generator=None):
@@ -278,9 +315,22 @@ class ShiftedControlSource(Source):
         many = [n_ctx.get(l_, 0) > 1 for l_ in lab]
         x0 = x_ctrl + self.shift(x_ctrl, lab, exclude_ctx=[c if m else -2 for c, m in zip(ctx, many)],
                                  exclude_label=[not m for m in many])
-        if self.coupling == "lowrank":  # x₀ takes x₁'s coordinates on the k axes: x₁ − x₀ lies off them
+        if self.coupling in ("lowrank", "residual"):  # x₀ takes x₁'s coordinates on the k axes: x₁ − x₀ lies off them
             x0 = x1 - self.axes.project_off(x1 - x0)
+        if self.coupling == "residual":  # ... moved by the estimate's error on the axes for x₁'s group
+            x0 = x0 + self._group_errors(lab, ctx, many).to(device=x1.device, dtype=x1.dtype)
         return x0
+
+    def _group_errors(self, lab: Sequence[int], ctx: Sequence[int], many: Sequence[bool]) -> torch.Tensor:
+        """(B, G): the stored on-axis error of each cell's (perturbation, context) pair (0 where the
+        perturbation was seen in one context only, or for control cells)."""
+        index = {(int(a), int(b)): q for q, (a, b) in enumerate(zip(self.pair_label.tolist(), self.pair_ctx.tolist()))}
+        qs = torch.tensor([index.get((l_, c), -1) if m else -1 for l_, c, m in zip(lab, ctx, many)], dtype=torch.long)
+        out = torch.zeros(len(qs), self.n_genes)
+        hit = qs >= 0
+        if bool(hit.any()):
+            out[hit] = self.pair_err[qs[hit]]
+        return out
 
     def transport(self, x_ctrl, cond=None, pert=None):
         lab, _ = self._ids(cond, pert, x_ctrl.shape[0])

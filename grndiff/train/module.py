@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import flow
 from ..nn import GRNTransformer, MLPVelocity, VelocityField, gene_token_transformer, modules_only
+from ..nn.conditions import NULL_CODES
 from .ema import EMA
 
 BACKBONES: dict = {}  # name → builder(inputs, **architecture options) -> VelocityField
@@ -111,6 +112,11 @@ class FlowModule(L.LightningModule):
         Weight of an auxiliary loss that makes each module token's scalar ``activity`` predict
         the module's mean (scaled) expression in the clean cell ``x₁`` from ``x_t``; this is what
         makes token activities interpretable (0 disables it).
+    context_conditioning
+        Whether the network sees the *context* keys (the source's ``match_keys``, e.g. the cell
+        type) among its conditions. ``False`` nulls them for the network (the source still uses
+        them): a held-out context is then no unseen combination of tokens, and the network reads
+        the context from the cell's own state (the cell token) instead.
     prediction
         What the network outputs: ``"velocity"`` (``v`` directly; ``v ≡ 0`` at init, so the flow
         starts as the identity map of its source) or ``"data"`` (the clean cell ``x̂₁``, turned
@@ -121,7 +127,7 @@ class FlowModule(L.LightningModule):
                  source: "str | dict | flow.Source" = "gaussian", time_schedule: str = "logit_normal",
                  ot_pairing: bool = False, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
                  max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1,
-                 prediction: str = "velocity"):
+                 context_conditioning: bool = True, prediction: str = "velocity"):
         super().__init__()
         if prediction not in ("velocity", "data"):
             raise ValueError(f"prediction must be 'velocity' or 'data', got {prediction!r}")
@@ -140,6 +146,16 @@ class FlowModule(L.LightningModule):
         self.ema = EMA(self.net, ema_decay) if ema_decay > 0 else None
         self.source = src.build(inputs["n_genes"], inputs.get("condition_specs", []), inputs.get("gene_scale"),
                                 inputs.get("match_keys") or ())
+        self._hidden_context = {} if context_conditioning else {
+            _spec_get(s, "name"): NULL_CODES[_spec_get(s, "kind")] for s in inputs.get("condition_specs", [])
+            if _spec_get(s, "name") in set(inputs.get("match_keys") or ())}
+
+    def net_conditions(self, cond: dict | None) -> dict | None:
+        """The conditions the network sees: the context keys nulled unless ``context_conditioning``."""
+        if not cond or not self._hidden_context:
+            return cond
+        return {k: (torch.full_like(v, self._hidden_context[k]) if k in self._hidden_context else v)
+                for k, v in cond.items()}
 
     # ------------------------------------------------------------- the source
     @torch.no_grad()
@@ -212,6 +228,7 @@ class FlowModule(L.LightningModule):
         xt = flow.interpolate(x0, x1, t)
         target = flow.target_velocity(x0, x1)
         pooling = getattr(self.net, "pooling", None)
+        cond = self.net_conditions(cond)
         if pooling is not None and self.hparams.token_aux_weight > 0:
             out, extras = self.net(xt, t, cond, pert, return_tokens=True)
             aux = (extras["activity"] - pooling.pool_values(x1).detach()).square().mean()
@@ -229,7 +246,7 @@ class FlowModule(L.LightningModule):
         Guidance mixes the network outputs; under x-prediction ``v`` is affine in ``x̂₁`` at fixed
         ``(x, t)``, so that equals guidance on velocities.
         """
-        out = net.forward_with_cfg(x, t, cond, pert, guidance=guidance)
+        out = net.forward_with_cfg(x, t, self.net_conditions(cond), pert, guidance=guidance)
         tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
         return self._as_velocity(out, x, tt.expand(x.shape[0]) if tt.dim() == 0 else tt)
 
@@ -311,6 +328,10 @@ class FlowModule(L.LightningModule):
         finally:
             net.train(was_training)
         return torch.cat(out) if out else x0.clone()
+
+
+def _spec_get(spec, key):
+    return spec[key] if isinstance(spec, dict) else getattr(spec, key)
 
 
 def _rng_state() -> dict:
