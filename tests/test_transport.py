@@ -94,3 +94,36 @@ def test_state_dict_round_trip_resizes_the_bank():
         fresh.draw(3)
     with pytest.raises(ValueError, match="match_keys"):
         flow.ShiftedControlSource().build(G, [], None, ["cell_type"])
+
+
+def test_residual_coupling_trains_on_the_estimate_error_on_the_axes():
+    x, cond = _data(3)
+    control = cond["condition"] == 1
+    src = _source(coupling="residual").fit(x, cond, None, control)
+    low = _source(coupling="lowrank").fit(x, cond, None, control)
+    stim3 = (cond["cell_type"] == 3) & (cond["condition"] == 2)
+    x1, c = x[stim3], {k: v[stim3] for k, v in cond.items()}
+    ctrl3 = x[(cond["cell_type"] == 3) & control][: x1.shape[0]]
+    # context 3 left out, its nearest contexts (state A) shift gene 0, not gene 1: the estimate's error
+    lab, ctx = src._ids(c, None, x1.shape[0])
+    q = [i for i, (a, b) in enumerate(zip(src.pair_label.tolist(), src.pair_ctx.tolist())) if (a, b) == (lab[0], ctx[0])]
+    err = src.pair_err[q[0]]
+    assert err[0] > 2.0 and err[1] < -2.0  # estimate − truth: +3 on gene 0, −3 on gene 1
+    d = x1 - src.pair(x1, c, None, ctrl3)
+    # on the axes x₁ − x₀ is the same for every cell of the group: minus the stored error
+    on = src.axes._scores(d)
+    torch.testing.assert_close(on, (-src.axes._scores(err[None])).expand_as(on), atol=1e-3, rtol=0)
+    # off the axes it is the low-rank coupling's, and the velocity is left free
+    d_low = x1 - low.pair(x1, c, None, ctrl3)
+    torch.testing.assert_close(src.axes.project_off(d), d_low, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(src.constrain(d), d)
+    # prediction is unchanged: an untrained model is the transport, whatever the coupling
+    target = {"cell_type": torch.full((10,), 3), "condition": torch.full((10,), 2)}
+    assert torch.equal(src.transport(x[:10], target), low.transport(x[:10], target))
+    # a state dict saved before pair_err existed still loads (zero errors)
+    state = {k: v for k, v in src.state_dict().items() if k != "pair_err"}
+    old = _source(coupling="residual")
+    old.load_state_dict(state)
+    assert old.pair_err.shape == src.pair_err.shape and not old.pair_err.any()
+    with pytest.raises(ValueError, match="coupling"):
+        flow.ShiftedControlSource(coupling="diagonal")

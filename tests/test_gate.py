@@ -1,0 +1,122 @@
+"""The validation gate (grndiff.gate): which groups it hides, how it chooses the flow weight, and
+what predict() then returns — the network is used only where it beat its own transport on groups
+it never saw."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import grndiff as gd
+from grndiff.data import GRNDiffWarning
+from grndiff.gate import ALPHAS, choose_alpha, gate_split, score_alphas
+
+
+def _obs(contexts, labels, n=12):
+    rows = [(c, lab) for c in contexts for lab in labels for _ in range(n)]
+    return pd.DataFrame(rows, columns=["cell_type", "condition"], index=[f"c{i}" for i in range(len(rows))])
+
+
+def test_split_hides_whole_contexts_when_a_perturbation_was_seen_in_three():
+    obs = _obs(["A", "B", "C", "D", "E"], ["ctrl", "stim"])
+    control = (obs["condition"] == "ctrl").to_numpy()
+    setup = {"condition_keys": ["cell_type", "condition"]}
+    split = gate_split(obs, control, setup, ["cell_type"], seed=0)
+    assert split.unit == "context" and len(split.groups) == 1
+    name, truth, ctrl, conditions = split.groups[0]
+    hidden_types = set(obs["cell_type"].to_numpy()[split.hidden])
+    assert len(hidden_types) == 1 and not control[split.hidden].any()  # perturbed cells of one context only
+    assert split.hidden.sum() == 12 and np.array_equal(np.flatnonzero(split.hidden), truth)
+    assert set(obs["cell_type"].to_numpy()[ctrl]) == hidden_types and control[ctrl].all()
+    assert conditions == {"condition": "stim"} and name.startswith("stim @ ")
+    # another seed may hide another context; the same seed the same one
+    assert np.array_equal(gate_split(obs, control, setup, ["cell_type"], seed=0).hidden, split.hidden)
+
+
+def test_split_hides_whole_perturbations_for_knockouts_and_explains_when_it_cannot():
+    obs = pd.DataFrame({"perturbation": ["control"] * 40 + [g for g in "ABCDE" for _ in range(12)]})
+    control = (obs["perturbation"] == "control").to_numpy()
+    setup = {"perturbation_key": "perturbation", "condition_keys": []}
+    split = gate_split(obs, control, setup, None, fraction=0.4)
+    assert split.unit == "perturbation" and len(split.groups) == 2
+    assert set(obs["perturbation"][split.hidden]) == {g[3]["perturbation"] for g in split.groups}
+    few = obs[obs["perturbation"].isin(["control", "A", "B"])].reset_index(drop=True)
+    why = gate_split(few, (few["perturbation"] == "control").to_numpy(), setup, None)
+    assert isinstance(why, str) and "2 perturbation" in why
+
+
+def test_alpha_is_the_smallest_of_the_best_and_scores_blend_linearly():
+    rng = np.random.default_rng(0)
+    ctrl = rng.normal(size=(30, 40))
+    truth = ctrl + np.linspace(-2, 2, 40)
+    transport = ctrl + np.linspace(-2, 2, 40) * 0.5 + rng.normal(scale=0.5, size=40)  # right direction, noisy
+    flow = ctrl - np.linspace(-2, 2, 40)  # the wrong direction
+    s = score_alphas(transport, flow, truth, ctrl)
+    assert len(s) == len(ALPHAS) and s[0] > 0.8 and s[-1] < -0.99
+    table = pd.DataFrame({"group": "g", "alpha": ALPHAS, "pearson_delta_top20": s})
+    assert choose_alpha(table) == 0.0
+    tie = pd.DataFrame({"group": "g", "alpha": ALPHAS, "pearson_delta_top20": [0.5, 0.9, 0.9, 0.7, np.nan]})
+    assert choose_alpha(tie) == 0.25
+
+
+@pytest.fixture(scope="module")
+def kang_small():
+    a = gd.datasets.kang2018()
+    keep = np.argsort(-np.asarray(a.layers["counts"].mean(0)).ravel())[:150]
+    rows = np.random.default_rng(0).permutation(a.n_obs)[:700]
+    a = a[np.sort(rows)][:, np.sort(keep)].copy()
+    gd.GRNDiff.setup_anndata(a, layer="counts", condition_keys=["cell_type", "condition"],
+                             control_obs={"condition": "ctrl"})
+    return a
+
+
+def test_gate_is_stored_shown_saved_and_used_by_predict(kang_small, tmp_path):
+    a = kang_small
+    before = a.copy()
+    m = gd.GRNDiff(a, prior="collectri", modules=None, hidden=8, depth=1, token_depth=0)
+    m.train(max_steps=6, max_epochs=100, progress_bar=False)
+    assert m.gate_["unit"] == "context" and m.gate_["alpha"] in ALPHAS
+    v = m.validation_
+    assert set(v["alpha"]) == set(ALPHAS) and len(v) == len(ALPHAS) * len(m.gate_["groups"])
+    assert "gate: flow weight" in repr(m)
+    ctrl = a[(a.obs["condition"] == "ctrl").to_numpy()][:40].copy()
+    x_t = m.predict(ctrl, {"condition": "stim"}, flow=False, clip=False).X
+    x_f = m.predict(ctrl, {"condition": "stim"}, flow=True, clip=False, n_steps=4).X
+    assert not np.allclose(x_t, x_f)  # the trained flow moves the cells
+    for alpha in (0.0, 0.5, 1.0):
+        m.gate_["alpha"] = alpha
+        got = m.predict(ctrl, {"condition": "stim"}, clip=False, n_steps=4).X
+        np.testing.assert_allclose(got, x_t + alpha * (x_f - x_t), atol=1e-5)
+    m.gate_["alpha"] = 0.25
+    m.save(tmp_path / "m")
+    back = gd.GRNDiff.load(tmp_path / "m")
+    assert back.gate_ == m.gate_ and back.flow_weight == 0.25
+    pd.testing.assert_frame_equal(back.validation_, m.validation_, check_dtype=False)
+    # nothing of the user's AnnData changed
+    assert a.obs.equals(before.obs) and (a.layers["counts"] != before.layers["counts"]).nnz == 0
+
+
+def test_without_enough_contexts_the_gate_warns_and_keeps_the_transport(kang_small):
+    a = kang_small
+    two = a[a.obs["cell_type"].isin(sorted(set(a.obs["cell_type"]))[:2]).to_numpy()].copy()
+    m = gd.GRNDiff(two, prior="collectri", modules=None, hidden=8, depth=1, token_depth=0)
+    with pytest.warns(GRNDiffWarning, match="validation gate"):
+        m.train(max_steps=3, max_epochs=100, progress_bar=False)
+    assert m.flow_weight == 0.0 and m.gate_["unit"] is None
+    ctrl = two[(two.obs["condition"] == "ctrl").to_numpy()][:10].copy()
+    np.testing.assert_array_equal(m.predict(ctrl, {"condition": "stim"}).X,
+                                  m.predict(ctrl, {"condition": "stim"}, flow=False).X)
+    off = gd.GRNDiff(two, prior="collectri", modules=None, hidden=8, depth=1, token_depth=0)
+    off.train(max_steps=3, max_epochs=100, progress_bar=False, gate=False)
+    assert off.gate_ is None and off.flow_weight == 1.0
+    with pytest.raises(ValueError, match="gate"):
+        off.train(max_steps=1, gate="sometimes")
+
+
+def test_context_conditioning_off_hides_the_context_from_the_network(kang_small):
+    m = gd.GRNDiff(kang_small, prior="collectri", modules=None, hidden=8, depth=1, token_depth=0,
+                   context_conditioning=False)
+    cond = {"cell_type": np.array([1, 2, 3]), "condition": np.array([2, 2, 1])}
+    import torch
+    seen = m.module.net_conditions({k: torch.as_tensor(v) for k, v in cond.items()})
+    assert seen["cell_type"].eq(0).all() and torch.equal(seen["condition"], torch.tensor([2, 2, 1]))
+    on = gd.GRNDiff(kang_small, prior="collectri", modules=None, hidden=8, depth=1, token_depth=0)
+    assert torch.equal(on.module.net_conditions({"cell_type": torch.tensor([3])})["cell_type"], torch.tensor([3]))
