@@ -127,3 +127,21 @@ def test_residual_coupling_trains_on_the_estimate_error_on_the_axes():
     assert old.pair_err.shape == src.pair_err.shape and not old.pair_err.any()
     with pytest.raises(ValueError, match="coupling"):
         flow.ShiftedControlSource(coupling="diagonal")
+
+
+def test_residual_coupling_for_a_perturbation_seen_in_one_context_leaves_the_perturbation_out():
+    # knock-out style: one context, three perturbations with different shifts
+    g = torch.Generator().manual_seed(0)
+    xs, lab = [], []
+    for code, gene in ((1, None), (2, 0), (3, 1), (4, 2)):
+        x = 0.1 * torch.randn(40, G, generator=g)
+        if gene is not None:
+            x[:, gene] += 3.0
+        xs.append(x)
+        lab += [code] * 40
+    x = torch.cat(xs)
+    cond = {"cell_type": torch.ones(len(lab), dtype=torch.long), "condition": torch.tensor(lab)}
+    src = _source(coupling="residual").fit(x, cond, None, cond["condition"] == 1)
+    q = [i for i, lb in enumerate(src.pair_label.tolist()) if src.label_table[lb][0] == 2][0]  # perturbation 2
+    err = src.pair_err[q]  # pooled shift of 3 and 4 (+1.5 on genes 1, 2) minus its own (+3 on gene 0)
+    assert err[0] < -2.0 and err[1] > 1.0 and err[2] > 1.0

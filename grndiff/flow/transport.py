@@ -83,10 +83,12 @@ class ShiftedControlSource(Source):
 
         - ``"lowrank"``: ``x₀`` takes ``x₁``'s coordinates on the ``k`` axes and the velocity is
           kept off them, so the network can only change the gene-level residual off the axes;
-        - ``"residual"``: as ``"lowrank"``, but on the axes ``x₀`` sits where the leave-one-context-out
-          estimate put the *mean* of ``x₁``'s (perturbation, context) group, and the velocity is
-          free: the network learns the estimate's error on the principal axes (a noise-free target
-          per group) as well as the residual off them;
+        - ``"residual"``: as ``"lowrank"``, but on the axes ``x₀`` sits where the held-out estimate
+          (leave the context out; for a perturbation seen in one context, leave the perturbation
+          out) put the *mean* of ``x₁``'s (perturbation, context) group, and the velocity is free:
+          the network learns the estimate's error on the principal axes (a noise-free target per
+          group) as well as the residual off them — for an unseen knock-out, the move away from the
+          pooled shift that its flag on the graph must explain;
         - ``"full"``: ``x₀`` is the shifted paired control cell, unconstrained.
     max_bank
         Control cells kept per (perturbation, context) pair (random subset, seeded).
@@ -240,18 +242,19 @@ class ShiftedControlSource(Source):
         return self
 
     def _loo_errors(self) -> torch.Tensor:
-        """(pairs, G): for each (perturbation, context) pair of the bank whose perturbation was seen
-        in another context, the leave-this-context-out estimate's mean over the pair's control
-        cells minus the pair's true mean shift, on the ``k`` axes (zero elsewhere)."""
+        """(pairs, G): for each (perturbation, context) pair of the bank, the estimate training pairs
+        start from — leave this context out where the perturbation was seen in another, else leave
+        the perturbation out (the pooled shift of the others) — minus the pair's true mean shift
+        (its mean over the pair's control cells), on the ``k`` axes (zero elsewhere)."""
         err = torch.zeros_like(self.pair_shift)
         n_ctx = self._lookup()[2]
         for q in range(self.pair_label.numel()):
             l_, c = int(self.pair_label[q]), int(self.pair_ctx[q])
-            if n_ctx.get(l_, 0) < 2:
-                continue
-            rows = torch.nonzero(self.bank_pair == q).flatten()
-            # the bank keeps the control cells' log-PC coordinates, enough for the neighbour search
-            est = self._shift_from_coords(self.bank_z[rows], [l_] * rows.numel(), [c] * rows.numel()).mean(0)
+            if n_ctx.get(l_, 0) < 2:  # seen in this context only: the pooled shift of the other perturbations
+                est = self._pooled(exclude_label=l_)
+            else:  # the bank keeps the control cells' log-PC coordinates, enough for the neighbour search
+                rows = torch.nonzero(self.bank_pair == q).flatten()
+                est = self._shift_from_coords(self.bank_z[rows], [l_] * rows.numel(), [c] * rows.numel()).mean(0)
             d = est - self.pair_shift[q]
             err[q] = d - self.axes.project_off(d[None])[0]
         return err
@@ -318,14 +321,14 @@ class ShiftedControlSource(Source):
         if self.coupling in ("lowrank", "residual"):  # x₀ takes x₁'s coordinates on the k axes: x₁ − x₀ lies off them
             x0 = x1 - self.axes.project_off(x1 - x0)
         if self.coupling == "residual":  # ... moved by the estimate's error on the axes for x₁'s group
-            x0 = x0 + self._group_errors(lab, ctx, many).to(device=x1.device, dtype=x1.dtype)
+            x0 = x0 + self._group_errors(lab, ctx).to(device=x1.device, dtype=x1.dtype)
         return x0
 
-    def _group_errors(self, lab: Sequence[int], ctx: Sequence[int], many: Sequence[bool]) -> torch.Tensor:
-        """(B, G): the stored on-axis error of each cell's (perturbation, context) pair (0 where the
-        perturbation was seen in one context only, or for control cells)."""
+    def _group_errors(self, lab: Sequence[int], ctx: Sequence[int]) -> torch.Tensor:
+        """(B, G): the stored on-axis error of each cell's (perturbation, context) pair (0 for control
+        cells and pairs outside the bank)."""
         index = {(int(a), int(b)): q for q, (a, b) in enumerate(zip(self.pair_label.tolist(), self.pair_ctx.tolist()))}
-        qs = torch.tensor([index.get((l_, c), -1) if m else -1 for l_, c, m in zip(lab, ctx, many)], dtype=torch.long)
+        qs = torch.tensor([index.get((l_, c), -1) for l_, c in zip(lab, ctx)], dtype=torch.long)
         out = torch.zeros(len(qs), self.n_genes)
         hit = qs >= 0
         if bool(hit.any()):
