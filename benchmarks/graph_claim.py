@@ -151,6 +151,9 @@ def run_job(job: dict) -> list[dict]:
     prior, modules = prior_of(ds, method, list(adata.var_names), split)
     t0 = time.perf_counter()
     source = "shifted_control" if method == "grndiff_shifted" else job["source"]
+    if isinstance(source, str) and source.lstrip().startswith("{"):  # a source config, e.g. '{"name": ..., ...}'
+        import json
+        source = json.loads(source)
     model = gd.GRNDiff(adata[~held].copy(), prior=prior, modules=modules, source=source, seed=split,
                        **job["net"])
     model.train(max_steps=job["steps"], max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False)
@@ -242,7 +245,9 @@ def main(argv=None):
                          "'sim_ds2:0,sim_ds3:0:grndiff+grndiff_shuffled' (default: every part's split 0, then 1, ...)")
     ap.add_argument("--steps", type=int, default=300, help="training steps of each grndiff row")
     ap.add_argument("--cells", type=int, default=40, help="simulated cells per cell type and perturbation")
-    ap.add_argument("--source", default="control", help="grndiff source (control, shifted_control, ...)")
+    ap.add_argument("--source", default="control",
+                    help="grndiff source: a name (control, shifted_control, auto, ...) or a JSON config "
+                    "('{\"name\": \"shifted_control\", \"coupling\": \"residual\"}')")
     ap.add_argument("--n-steps", type=int, default=10, help="Euler steps of prediction")
     ap.add_argument("--pred-cells", type=int, default=150, help="control cells transported per knock-out")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each)")
