@@ -77,7 +77,7 @@ class GRNDiff(TokenReadout):
     def __init__(self, adata: ad.AnnData, prior: Any = "collectri", modules: Any = "hallmark", backbone: str = "grn",
                  *, source: Any = "auto", organism: str = "human", graph_kwargs: dict | None = None,
                  match_keys: list[str] | None = None, seed: int = 0, **options):
-        check_options(options)
+        check_options(options, backbone)
         self.setup = get_setup(adata)
         self._adata = adata  # a reference for .train(); never modified
         self.processor = ExpressionProcessor().fit(adata)

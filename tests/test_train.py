@@ -83,14 +83,20 @@ def toy_backbone():
 def test_a_registered_toy_backbone_trains_samples_and_round_trips(toy_backbone, tmp_path):
     a = gd.datasets.krumsiek11()
     gd.GRNDiff.setup_anndata(a, condition_keys=["cell_type"])
-    m = gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, backbone=toy_backbone, seed=0)
+    m = gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, backbone=toy_backbone, seed=0,
+                   width=16)  # the backbone's own option
+    assert m.module.net.bias.in_features == 16
+    with pytest.raises(TypeError, match="width"):  # the error lists what this backbone takes
+        gd.GRNDiff(a, prior=gd.datasets.krumsiek11_network(), modules=None, backbone=toy_backbone, depth_of_field=2)
     before = m.module.net.lin.weight.detach().clone()
     m.train(max_steps=20, batch_size=32, progress_bar=False)
     assert not torch.equal(before, m.module.net.lin.weight)
     gen = m.sample(10, {"cell_type": "Mk"}, n_steps=3, guidance=2.0)  # guidance comes from the base class
     assert gen.shape == (10, a.n_vars) and np.isfinite(gen.X).all()
     m.save(tmp_path / "toy")
-    again = gd.GRNDiff.load(tmp_path / "toy").sample(10, {"cell_type": "Mk"}, n_steps=3, guidance=2.0)
+    back = gd.GRNDiff.load(tmp_path / "toy")
+    assert back.module.net.bias.in_features == 16
+    again = back.sample(10, {"cell_type": "Mk"}, n_steps=3, guidance=2.0)
     assert np.array_equal(gen.X, again.X)
 
 

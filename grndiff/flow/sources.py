@@ -37,7 +37,23 @@ from torch import nn
 from .gaussian import PerGroupGaussian, seeded_noise
 
 __all__ = ["Source", "NoiseSource", "GaussianSource", "ControlSource", "PerGroupGaussian", "seeded_noise", "make_source",
-           "group_radix", "group_ids"]
+           "register_source", "source_classes", "group_radix", "group_ids"]
+
+
+_SOURCES: dict[str, type] = {}  # name → Source class (filled by Source.__init_subclass__ / register_source)
+
+
+def register_source(cls: type) -> type:
+    """Register a :class:`Source` subclass under its ``name`` (done automatically for a subclass that
+    sets ``name``; usable as a decorator). A model saved with it loads back wherever the class is
+    defined (imported) before :meth:`GRNDiff.load`. Returns ``cls``."""
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise TypeError(f"register_source takes a Source subclass, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == "source":
+        raise ValueError(f"{cls.__name__} needs its own `name` (a non-empty string) to be registered")
+    _SOURCES[name] = cls
+    return cls
 
 
 def _spec(s, key):
@@ -57,6 +73,11 @@ class Source(nn.Module):
     needs_control = False
     can_transport = False
     allows_ot_pairing = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a subclass naming itself is a source users can configure and load
+            register_source(cls)
 
     def __init__(self):
         super().__init__()
@@ -273,9 +294,9 @@ class GaussianSource(Source):
 
 
 def source_classes() -> dict[str, type[Source]]:
-    """The registry: name → class of every shipped source."""
-    from .transport import ShiftedControlSource
-    return {c.name: c for c in (NoiseSource, GaussianSource, ControlSource, ShiftedControlSource)}
+    """The registry: name → class of every registered source (the shipped ones, and every
+    subclass of :class:`Source` that sets its own ``name``)."""
+    return dict(_SOURCES)
 
 
 def make_source(spec: "str | dict | Source") -> Source:
@@ -289,7 +310,8 @@ def make_source(spec: "str | dict | Source") -> Source:
     if not isinstance(spec, dict) or spec.get("name") not in classes:
         name = spec.get("name") if isinstance(spec, dict) else spec
         raise ValueError(f"source must be one of {sorted(classes)} (a name, a config dict with 'name', or a Source "
-                         f"object), got {name!r}")
+                         f"object), got {name!r}. A source of your own is registered by subclassing "
+                         "grndiff.flow.Source with a `name`; define (import) it before GRNDiff.load")
     kw = {k: v for k, v in spec.items() if k != "name"}
     cls = classes[spec["name"]]
     unknown = set(kw) - set(cls.options)

@@ -15,7 +15,7 @@ import torch
 from ..data import ExpressionProcessor
 from ..graph import GeneGraph
 from ..nn import GRNTransformer
-from .module import FlowModule
+from .module import BACKBONES, FlowModule
 
 NET_OPTIONS = tuple(n for n, p in inspect.signature(GRNTransformer.__init__).parameters.items()
                     if p.kind is p.KEYWORD_ONLY and n != "perturbation")
@@ -23,12 +23,27 @@ FLOW_OPTIONS = tuple(n for n in inspect.signature(FlowModule.__init__).parameter
                      if n not in ("self", "inputs", "backbone", "net_kwargs", "source", "max_steps"))
 
 
-def check_options(options: dict) -> None:
-    """Raise a ``TypeError`` naming the valid options if ``options`` has an unknown key."""
-    unknown = set(options) - set(NET_OPTIONS) - set(FLOW_OPTIONS)
+def backbone_options(backbone: str = "grn") -> tuple[str, ...]:
+    """The architecture options backbone ``backbone`` takes: its builder's own keyword arguments
+    (:func:`~grndiff.train.register_backbone`), plus the graph transformer's when the builder
+    passes ``**options`` on to it."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    params = list(inspect.signature(BACKBONES[backbone]).parameters.values())[1:]  # after `inputs`
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        named += list(NET_OPTIONS)
+    return tuple(dict.fromkeys(named))
+
+
+def check_options(options: dict, backbone: str = "grn") -> None:
+    """Raise a ``TypeError`` naming the valid options if ``options`` has a key that neither the
+    backbone nor the flow takes."""
+    net = backbone_options(backbone)
+    unknown = set(options) - set(net) - set(FLOW_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown model options {sorted(unknown)}; architecture options are {list(NET_OPTIONS)}, "
-                        f"flow options {list(FLOW_OPTIONS)}")
+        raise TypeError(f"unknown model options {sorted(unknown)}; backbone {backbone!r} takes {list(net)}, "
+                        f"the flow {list(FLOW_OPTIONS)}")
 
 
 def module_inputs(graph: GeneGraph, processor: ExpressionProcessor, match_keys=None) -> dict:
@@ -48,7 +63,7 @@ def build_module(config: dict, graph: GeneGraph, processor: ExpressionProcessor,
     """A FlowModule from a GRNDiff ``config`` (``backbone``, ``source``, ``options``, ``match_keys``)."""
     opts = config["options"]
     return FlowModule(module_inputs(graph, processor, config.get("match_keys")), backbone=config["backbone"],
-                      net_kwargs={k: v for k, v in opts.items() if k in NET_OPTIONS},
+                      net_kwargs={k: v for k, v in opts.items() if k not in FLOW_OPTIONS},
                       source=source if source is not None else config["source"],
                       **{k: v for k, v in opts.items() if k in FLOW_OPTIONS})
 
