@@ -66,13 +66,21 @@ def validate_records(records: Iterable[Mapping]) -> list[dict]:
 
 # ------------------------------------------------------------------------------ provenance
 def git_commit() -> str:
-    """Short HEAD commit (read-only git), or ``"unknown"``."""
+    """Short HEAD commit (read-only git) when this benchmark process started, or ``"unknown"``: a
+    long run keeps naming the code it started from, whatever is committed while it runs."""
+    return _START_COMMIT
+
+
+def _head() -> str:
     try:
         res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)
         return res.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+_START_COMMIT = _head()  # read once, when the benchmark imports this module
 
 
 def _cpu_model() -> str:
