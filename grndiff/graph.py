@@ -589,7 +589,7 @@ def _membership(modules, lookup: _Lookup, G: int, organism: str, lo: int, hi: in
     sets = _priors.load(modules, organism)
     idx = np.array([lookup.get(g) for g in sets["target"]], dtype=np.int64)
     n_sets = sets["source"].nunique()
-    present = sets.assign(g=idx)[idx >= 0]
+    present = sets.assign(g=idx)[(idx >= 0) & (idx < G)]  # measured genes only: latent nodes are in no module
     cols, names = [], []
     for name, g in present.groupby("source", sort=False)["g"]:
         members = np.unique(g.to_numpy())

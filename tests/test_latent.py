@@ -48,6 +48,10 @@ def test_latent_nodes_are_the_perturbed_gene_and_short_paths_bounded_by_hops():
     assert c["n_isolated"] == 1  # M3: its only in-edge comes from V3, which is 4 edges from P
     summary = g.summary()
     assert "+ 3 latent" in summary and "3 unmeasured prior genes are nodes" in summary
+    # modules pool measured genes only: a latent gene in a gene set is not a member
+    sets = pd.DataFrame({"source": ["s"] * 4, "target": ["P", "U1", "M1", "M2"]})
+    pooled = GeneGraph.from_prior(TOY, MEASURED, perturbed=["P"], modules=sets, min_module_size=2)
+    assert pooled.membership.shape == (3, 1) and pooled.membership[:, 0].tolist() == [1.0, 1.0, 0.0]
     # hops bound the count: 1 keeps only P (it reaches M2 directly), 4 adds the V chain
     assert GeneGraph.from_prior(TOY, MEASURED, perturbed=["P"], latent_hops=1).latent_genes == ["P"]
     far = GeneGraph.from_prior(TOY, MEASURED, perturbed=["P"], latent_hops=4)
