@@ -56,6 +56,10 @@ def test_latent_nodes_are_the_perturbed_gene_and_short_paths_bounded_by_hops():
     assert GeneGraph.from_prior(TOY, MEASURED, perturbed=["P"], latent_hops=1).latent_genes == ["P"]
     far = GeneGraph.from_prior(TOY, MEASURED, perturbed=["P"], latent_hops=4)
     assert set(far.latent_genes) == {"P", "U1", "U2", "V1", "V2", "V3"}
+    # max_latent keeps the genes of the shortest paths (P → U1 → U2 → M1: 3 edges, before the V chain: 4)
+    capped = GeneGraph.from_prior(TOY, MEASURED, perturbed=["P"], latent_hops=4, max_latent=2)
+    assert capped.latent_genes == ["P", "U1", "U2"] and capped.coverage["n_latent_path_dropped"] == 3
+    assert "3 more path genes left out" in capped.summary()
 
 
 def test_every_perturbed_gene_measured_changes_no_edge():
