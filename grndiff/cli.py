@@ -39,7 +39,7 @@ class AnnDataModule(L.LightningDataModule):
                  condition_keys: list[str] | None = None, continuous_keys: list[str] | None = None,
                  set_keys: list[str] | None = None, hierarchy: list[str] | None = None,
                  perturbation_key: str | None = None, control: str = "control", control_obs: dict | None = None,
-                 symbol_key: str | None = None, prior: str | None = "collectri", modules: str | None = "hallmark",
+                 symbol_key: str | None = None, prior: str | list[str] | None = "collectri", modules: str | None = "hallmark",
                  organism: str = "human", add_reverse: bool = False, batch_size: int = 128,
                  val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
                  match_keys: list[str] | None = None, num_workers: int = 0):

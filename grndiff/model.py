@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .data import ExpressionProcessor, get_setup, ondisk, setup_anndata
+from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
 from ._representation import TokenReadout
 from .gate import ALPHAS, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
@@ -41,9 +41,17 @@ class GRNDiff(TokenReadout):
     adata
         Registered with :meth:`setup_anndata`. Not modified.
     prior
-        Regulatory graph: a shipped name (``"collectri"``, ``"dorothea"``, ``"krumsiek11"``), a path,
-        a long ``source,target,weight`` DataFrame, a networkx graph, a :class:`~grndiff.graph.GeneGraph`,
-        or ``None`` (no gene–gene edges: self-loops only).
+        Regulatory graph: a shipped name (``"collectri"``, ``"dorothea"``, ``"omnipath_signaling"``,
+        ``"krumsiek11"``), a path, a long ``source,target,weight`` DataFrame, a networkx graph, a list
+        of these (their union, e.g. ``["collectri", "omnipath_signaling"]``: TF → target regulation
+        and protein signalling edges, typed apart; :func:`grndiff.priors.combine`), a
+        :class:`~grndiff.graph.GeneGraph`, or ``None`` (no gene–gene edges: self-loops only).
+        Perturbed genes (``setup_anndata(perturbation_key=...)``) need not be measured: a perturbed
+        prior gene that is not among the genes becomes a *latent node* (no expression, no loss, no
+        output; a learned state that carries the perturbation flag and passes messages), together
+        with the unmeasured prior genes on paths of at most ``graph_kwargs["latent_hops"]`` (3)
+        edges from it to measured genes; ``model.graph.summary()`` reports how many. A perturbed
+        gene in neither the data nor the prior is an error naming it.
     modules
         Gene sets pooled into pathway tokens (``"hallmark"``, ``"reactome"``, path, DataFrame) or ``None``.
     backbone
@@ -56,7 +64,8 @@ class GRNDiff(TokenReadout):
     organism
         For shipped priors.
     graph_kwargs
-        Extra options for :meth:`GeneGraph.from_prior` (``add_reverse``, ``isolated``, module sizes...).
+        Extra options for :meth:`GeneGraph.from_prior` (``add_reverse``, ``isolated``, module sizes,
+        ``latent_hops``, ``perturbed``: more genes to make nodes so they can be perturbed later...).
     match_keys
         ``obs`` keys a control cell must share with the cell it is paired with (the *context*, e.g.
         ``["cell_type"]``). Default for sources that use control cells: the categorical condition
@@ -80,9 +89,14 @@ class GRNDiff(TokenReadout):
         check_options(options, backbone)
         self.setup = get_setup(adata)
         self._adata = adata  # a reference for .train(); never modified
-        self.processor = ExpressionProcessor().fit(adata)
+        gkw = dict(graph_kwargs or {})
+        perturbed = list(dict.fromkeys(perturbed_genes(adata, self.setup) + list(gkw.pop("perturbed", None) or [])))
+        if perturbed and not isinstance(prior, GeneGraph):  # unmeasured perturbed genes become latent nodes
+            gkw = {"perturbed": perturbed, "allow_missing_perturbed": bool(self.setup.get("allow_missing_genes")),
+                   **gkw}
         self.graph = GeneGraph.for_anndata(adata, prior, modules, symbol_key=self.setup.get("symbol_key"),
-                                          organism=organism, **(graph_kwargs or {}))
+                                          organism=organism, **gkw)
+        self.processor = ExpressionProcessor().fit(adata, latent_genes=self.graph.latent_genes)
         has_control = bool(self.setup.get("perturbation_key") or self.setup.get("control_obs"))
         if isinstance(source, str) and source == "auto":
             source = "shifted_control" if has_control else "gaussian"
@@ -116,8 +130,9 @@ class GRNDiff(TokenReadout):
 
     def __repr__(self) -> str:
         n_par = sum(p.numel() for p in self.module.net.parameters())
+        latent = f", latent={self.graph.n_latent}" if self.graph.n_latent else ""
         return (f"GRNDiff(backbone={self.config['backbone']!r}, source={self.config['source']['name']!r}, "
-                f"genes={self.graph.n_genes}, edges={self.graph.n_edges}, modules={self.graph.n_modules}, "
+                f"genes={self.graph.n_genes}{latent}, edges={self.graph.n_edges}, modules={self.graph.n_modules}, "
                 f"parameters={n_par:,}, trained={self.is_trained}{self._gate_repr()})")
 
     def _gate_repr(self) -> str:

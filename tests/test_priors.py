@@ -56,7 +56,8 @@ def test_every_subpackage_is_listed_for_the_wheel():
 
 
 @pytest.mark.parametrize("name,organism", [("collectri", "human"), ("dorothea", "human"), ("dorothea", "mouse"),
-                                           ("progeny", "mouse"), ("hallmark", "human"), ("reactome", "mouse")])
+                                           ("progeny", "mouse"), ("hallmark", "human"), ("reactome", "mouse"),
+                                           ("omnipath_signaling", "human")])
 def test_load_shipped_matches_manifest(name, organism):
     table = priors.list_priors()
     row = table[(table["name"] == name) & (table["organism"] == organism)].iloc[0]
@@ -72,6 +73,36 @@ def test_collectri_known_figures():
     df = priors.load("collectri")
     assert (len(df), df["source"].nunique(), df["target"].nunique()) == (43178, 1186, 6692)
     assert df["weight"].value_counts().to_dict() == {1.0: 37360, -1.0: 5818}
+
+
+def test_omnipath_signaling_shipped_as_a_signalling_network_with_complexes_split():
+    raw = pd.read_csv(priors.prior_path("omnipath_signaling"), sep="\t")
+    assert list(raw.columns) == ["source", "interaction", "target"] and len(raw) == 19807  # the file, unchanged
+    df = priors.load("omnipath_signaling")
+    assert (df["edge_kind"] == "signalling").all() and priors.edge_kind("omnipath_signaling") == "signalling"
+    assert priors.edge_kind("collectri") == "regulation"
+    assert not (df["source"].str.contains("_") | df["target"].str.contains("_")).any()
+    assert {("IFNGR1", "JAK2"), ("IFNGR1", "JAK1"), ("JAK2", "STAT1")} <= set(zip(df["source"], df["target"]))
+    assert set(np.sign(df["weight"]).unique()) <= {-1.0, 0.0, 1.0}
+    # IL17A → IL17RA_IL17RC in the file: one edge to each member
+    assert {("IL17A", "IL17RA"), ("IL17A", "IL17RC")} <= set(zip(df["source"], df["target"]))
+
+
+def test_split_complexes_and_combine_keep_origins():
+    net = pd.DataFrame({"source": ["A_B", "C", "_D_E", "A"], "target": ["C", "A_B", "F", "C"],
+                        "weight": [1.0, -1.0, 1.0, -1.0]})
+    out = priors.split_complexes(net)
+    pairs = dict(zip(zip(out["source"], out["target"]), out["weight"]))
+    assert pairs == {("A", "C"): 0.0, ("B", "C"): 1.0, ("C", "A"): -1.0, ("C", "B"): -1.0, ("D", "F"): 1.0,
+                     ("E", "F"): 1.0}  # A → C twice (+1 from the complex, −1 alone): merged to 0
+    reg = pd.DataFrame({"source": ["A", "A"], "target": ["B", "C"], "weight": [1.0, 1.0]})
+    sig = pd.DataFrame({"source": ["A", "X"], "target": ["B", "A"], "weight": [-1.0, 1.0]})
+    both = priors.combine([reg, sig], kinds=[None, "signalling"])
+    rows = both.set_index(["source", "target"])
+    assert rows.loc[("A", "B"), "prior"] == "prior0" and rows.loc[("A", "B"), "weight"] == 0.0
+    assert rows.loc[("X", "A"), "edge_kind"] == "signalling" and rows.loc[("A", "C"), "edge_kind"] == "regulation"
+    with pytest.raises(ValueError, match="edge kinds"):
+        priors.combine([reg], kinds=["phosphorylation"])
 
 
 def test_dorothea_confidence_column_and_filter():

@@ -123,6 +123,13 @@ def _no_overlap(ctx):
     return a, lambda: GRNDiff(a, prior=prior, modules=None)
 
 
+def _perturbed_gene_nowhere(ctx):
+    a = gd.datasets.krumsiek11()
+    a.obs["perturbation"] = np.where(np.arange(a.n_obs) % 3 == 0, "Gata2+Xyz1", "control")
+    GRNDiff.setup_anndata(a, perturbation_key="perturbation")
+    return a, lambda: GRNDiff(a, prior="krumsiek11", modules=None)
+
+
 def _unknown_label_sample(ctx):
     return ctx["adata"], lambda: ctx["model"].sample(5, {"cell_type": "Eryy"})
 
@@ -273,6 +280,8 @@ BAD_INPUTS = [
         np.arange(len(o)) != 0, np.nan)), continuous_keys=["time"]), ValueError,
      ["adata.obs['time']", "1 NaN", "np.isfinite"]),
     ("prior-no-overlap", _no_overlap, ValueError, ["do not overlap", "TP53", "Gata2", "symbols=", "organism="]),
+    ("perturbed-gene-nowhere", _perturbed_gene_nowhere, ValueError,
+     ["'Xyz1'", "neither measured", "prior krumsiek11", "allow_missing_genes=True"]),
     ("unknown-label-sample", _unknown_label_sample, UnknownConditionError,
      ["'cell_type'", "'Eryy'", "Did you mean", "'Ery'", "Known values"]),
     ("unknown-key-sample", _unknown_key_sample, UnknownConditionError, ["'celltype'", "Did you mean", "cell_type"]),

@@ -16,7 +16,7 @@ Nothing here imports :mod:`grndiff.nn`, :mod:`grndiff.flow` or :mod:`grndiff.tra
 from .condition_set import ConditionSet
 from .conditions import (CategoricalEncoder, ContinuousEncoder, GRNDiffWarning, HierarchicalEncoder, SetEncoder,
                          UnknownConditionError, register_condition_kind, split_combo)
-from .perturbation import PerturbationEncoder
+from .perturbation import PerturbationEncoder, perturbed_genes
 from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
 from .backed import BackedCellDataset, BackedCSR, BackedDataModule, streaming_scaler
 from .module import GRNDataModule, holdout_mask, split_indices
@@ -32,5 +32,5 @@ __all__ = [
     "ContinuousEncoder", "ControlPairing", "GRNDiffWarning", "ExpressionProcessor", "GRNDataModule", "GeneScaler",
     "HierarchicalEncoder", "LOG_MAX", "MIN_STD", "PerturbationEncoder", "SetEncoder", "UnknownConditionError",
     "check_values", "detect_kind", "get_setup", "holdout_mask", "log1p_cp10k", "log1p_normalized_copy",
-    "match_groups", "setup_anndata", "split_combo", "split_indices", "streaming_scaler",
+    "match_groups", "perturbed_genes", "setup_anndata", "split_combo", "split_indices", "streaming_scaler",
 ]

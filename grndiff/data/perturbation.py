@@ -53,6 +53,34 @@ def with_kind(labels, kind, combo_sep: str = "+", control: str = "control") -> n
     return np.array(out, dtype=object)
 
 
+def perturbed_genes(adata, setup: dict | None = None) -> list[str]:
+    """The genes perturbed in ``adata`` (kinds stripped), in order of first appearance.
+
+    Parameters
+    ----------
+    adata
+        Registered with ``setup_anndata(perturbation_key=...)`` (or give ``setup``).
+    setup
+        A :func:`~grndiff.data.get_setup` record; read from ``adata`` when ``None``.
+
+    Returns
+    -------
+    list of str
+        Every gene named in ``obs[perturbation_key]`` (``"KLF1:up+CEBPA"`` → ``KLF1``, ``CEBPA``);
+        empty without a perturbation key.
+    """
+    if setup is None:
+        from .setup import get_setup
+        setup = get_setup(adata)
+    key = setup.get("perturbation_key")
+    if not key:
+        return []
+    control, sep = str(setup.get("control", "control")), setup.get("combo_sep", "+")
+    labels = _refuse_missing(key, _labels(adata.obs[key]), control)
+    parts, _ = _per_unique(labels, lambda v: split_combo(v, control, sep))
+    return list(dict.fromkeys(_split(p)[0] for ps in parts for p in ps))
+
+
 def _split(part: str) -> tuple[str, str | None]:
     """``"KLF1:up"`` → ``("KLF1", "crispra")``; ``"KLF1"`` → ``("KLF1", None)``."""
     gene, sep, word = part.rpartition(":")
@@ -66,7 +94,9 @@ class PerturbationEncoder:
     Parameters
     ----------
     genes
-        Gene names in model order (``var_names``, or symbols from ``var[symbol_key]``).
+        Node names in model order: the measured genes (``var_names``, or symbols from
+        ``var[symbol_key]``), then the graph's latent genes (unmeasured prior genes), so a
+        perturbation of a latent gene is a code ``≥ G``.
     control, combo_sep
         The "no perturbation" label and the separator of combinations (``"KLF1+CEBPA"``).
     allow_missing
@@ -126,10 +156,12 @@ class PerturbationEncoder:
         if not self.allow_missing:
             raise ValueError(
                 f"obs[{self.name!r}]: {len(missing)} perturbed genes are not among the model's genes: "
-                f"{_listing(missing)}.{hint} A node intervention needs the gene in the graph. Keep those genes in "
-                "the AnnData (do not filter them out), pass symbol_key= if var_names are Ensembl ids, or pass "
-                "allow_missing_genes=True to setup_anndata to drop them (those cells then look unperturbed). A kind "
-                f"after a colon must be one of {sorted(KIND_ALIASES)}.")
+                f"{_listing(missing)}.{hint} A node intervention needs the gene in the graph: a measured gene, or an "
+                "unmeasured prior gene that the model made a latent node because it was perturbed when the model "
+                "was built (GRNDiff(adata, ...) with those cells, or graph_kwargs={'perturbed': [...]}). Keep "
+                "measured genes in the AnnData (do not filter them out), pass symbol_key= if var_names are Ensembl "
+                "ids, or pass allow_missing_genes=True to setup_anndata to drop them (those cells then look "
+                f"unperturbed). A kind after a colon must be one of {sorted(KIND_ALIASES)}.")
         log.warning("grndiff: dropping %d perturbed genes absent from the model's genes: %s", len(missing),
                     _listing(missing))
 

@@ -70,8 +70,13 @@ class ExpressionProcessor:
         self.setup: dict | None = None
 
     # ------------------------------------------------------------------ fit
-    def fit(self, adata) -> "ExpressionProcessor":
-        """Fit on a registered AnnData (:func:`~grndiff.data.setup_anndata`). Returns ``self``."""
+    def fit(self, adata, latent_genes=()) -> "ExpressionProcessor":
+        """Fit on a registered AnnData (:func:`~grndiff.data.setup_anndata`). Returns ``self``.
+
+        ``latent_genes`` (L names): the gene graph's latent nodes (``GeneGraph.latent_genes``),
+        appended to the genes perturbations are matched against (codes ``G .. G+L-1``); they have
+        no expression column.
+        """
         setup = get_setup(adata)
         self.setup, self.layer, self.kind = setup, setup["layer"], setup["kind"]
         self.genes = [str(g) for g in adata.var_names]
@@ -88,6 +93,7 @@ class ExpressionProcessor:
             self.scaler = GeneScaler(min_std=self.min_std).fit(self.log_expression(adata))  # (N, G) CSR
         sym = setup.get("symbol_key")
         pert_genes = adata.var[sym].astype(str).tolist() if sym else self.genes
+        pert_genes = list(pert_genes) + [str(g) for g in latent_genes]
         self.conditions = ConditionSet.from_setup(setup, pert_genes).fit(adata.obs)
         return self
 

@@ -51,7 +51,9 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
         Ordered ``obs`` keys, coarse → fine (``["tissue", "cell_type"]``), encoded together.
     perturbation_key
         ``obs`` column of gene perturbations (``"KLF1"``, ``"KLF1+CEBPA"``; ``control`` = none).
-        Genes are matched to ``var_names`` (or to ``var[symbol_key]``).
+        Genes are matched to ``var_names`` (or to ``var[symbol_key]``); a gene that is not
+        measured may still be any gene of the model's prior: the model makes it a latent node
+        (see :class:`~grndiff.GRNDiff`). A gene in neither is an error when the model is built.
     control
         Label meaning "no perturbation" in ``perturbation_key`` and ``set_keys``.
     perturbation_kind
@@ -71,8 +73,8 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
         ``{obs key: value or [values]}`` selecting control cells for ``source="control"`` when
         there is no ``perturbation_key``, e.g. ``{"condition": "ctrl"}``.
     allow_missing_genes
-        Drop (with a warning) perturbed genes that are not among the measured genes instead of
-        raising.
+        Drop (with a warning) perturbed genes that are neither among the measured genes nor in the
+        model's prior, instead of raising.
     condition_kinds
         ``{obs key: kind}`` for condition kinds registered with
         :func:`~grndiff.data.register_condition_kind` (and their embedders with

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+PROPAGATED_EDGE_TYPES = (0, 4)  # regulation and signalling prior edges (grndiff.graph.PRIOR_EDGE_TYPES)
 EMBEDDERS: dict = {}  # kind → builder(spec, hidden) -> nn.Module mapping a condition's codes to (B, D)
 NULL_CODES: dict = {}  # kind → the code value of its null token (CFG / unconditional)
 
@@ -202,7 +203,9 @@ class PerturbationEmbedder(nn.Module):
         ``G`` and ``D``.
     edge_index, edge_sign, edge_type
         The gene graph, ``(2, E)`` (row 0 source, row 1 target) and ``(E,)``; only prior edges
-        (type 0, or every non-self edge when ``edge_type`` is ``None``) propagate.
+        in their own direction (type 0 regulation and type 4 signalling, or every non-self edge
+        when ``edge_type`` is ``None``) propagate. ``n_genes`` counts every node the codes may
+        index (measured genes, then latent ones).
     hops
         Propagation depth ``K`` (0 disables it).
     n_kinds
@@ -224,7 +227,7 @@ class PerturbationEmbedder(nn.Module):
             ei = torch.as_tensor(edge_index, dtype=torch.long)
             keep = ei[0] != ei[1]
             if edge_type is not None:
-                keep &= torch.as_tensor(edge_type).long() == 0
+                keep &= torch.isin(torch.as_tensor(edge_type).long(), torch.tensor(PROPAGATED_EDGE_TYPES))
             src, dst = ei[0, keep], ei[1, keep]
             if src.numel():
                 sign = (torch.zeros(src.numel()) if edge_sign is None

@@ -50,7 +50,8 @@ from .sparse_graph import (BlockGraph, HeadGraph, _dynamic_aggregate, _head_aggr
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 N_SIGNS = 3  # -1, 0, +1 → 0, 1, 2
-N_EDGE_TYPES = 4  # prior, reverse, self-loop, kNN
+N_EDGE_TYPES = 4  # prior, reverse, self-loop, kNN: the type-bias rows of a graph without signalling edges
+N_EDGE_TYPES_ALL = 6  # + signalling, signalling reverse (grndiff.graph): rows when a graph has them
 
 
 class GraphAttention(nn.Module):
@@ -71,7 +72,9 @@ class GraphAttention(nn.Module):
     edge_weight
         ``(E,)`` non-negative; ``None`` → 1.
     edge_type
-        ``(E,)`` in {0, 1, 2, 3}; ``None`` → 0.
+        ``(E,)`` in {0, …, 5} (:mod:`grndiff.graph`); ``None`` → 0. Each type has its own
+        learned per-head bias; a graph with signalling edges (types 4, 5) gets 6 bias rows, any
+        other graph 4 (so models without them keep their parameters).
     mode
         ``"shared"`` or ``"dynamic"``.
     id_dim
@@ -110,14 +113,15 @@ class GraphAttention(nn.Module):
         self.register_buffer("dst", edge_index[1, order].contiguous(), persistent=False)
         self.register_buffer("sign_idx", (sign[order].sign() + 1).long(), persistent=False)
         self.register_buffer("weight", weight[order], persistent=False)
-        self.register_buffer("etype", etype[order].clamp(0, N_EDGE_TYPES - 1), persistent=False)
+        n_types = N_EDGE_TYPES_ALL if E and int(etype.max()) >= N_EDGE_TYPES else N_EDGE_TYPES
+        self.register_buffer("etype", etype[order].clamp(0, n_types - 1), persistent=False)
 
         self.mode, self.hidden, self.heads, self.n_genes = mode, hidden, heads, n_genes
         self.head_dim = hidden // heads
         self.value = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
         self.sign_bias = nn.Embedding(N_SIGNS, heads)
-        self.type_bias = nn.Embedding(N_EDGE_TYPES, heads)
+        self.type_bias = nn.Embedding(n_types, heads)
         self.weight_coef = nn.Parameter(torch.zeros(heads))
         self.sign_gain = nn.Parameter(torch.ones(N_SIGNS, heads))
         if mode == "shared":

@@ -10,6 +10,11 @@
 Every block is adaLN-Zero and the final layer is zero-initialised: ``v ≡ 0`` at init. Node states
 are gene-major, ``(G, B, D)``, from the embedding to the read-out (the ``forward_genes`` methods):
 the layout in which graph aggregation and module pooling are plain matmuls over genes.
+
+Latent nodes (``n_latent = L > 0``: unmeasured prior genes, see :class:`grndiff.graph.GeneGraph`)
+follow the ``G`` genes: node states are ``(G + L, B, D)`` in the graph blocks, a latent node's input
+state is a learned vector (it has no expression value), perturbation codes may index it, and module
+pooling and the read-out use the first ``G`` nodes only, so ``v`` stays ``(B, G)``.
 """
 from __future__ import annotations
 
@@ -32,8 +37,8 @@ class GRNTransformer(VelocityField):
     n_genes
         ``G``.
     edge_index, edge_sign, edge_weight, edge_type
-        The gene graph (see :class:`grndiff.graph.GeneGraph`): ``(2, E)`` and ``(E,)`` tensors.
-        ``None`` → self-loops only (no message passing between genes).
+        The gene graph (see :class:`grndiff.graph.GeneGraph`): ``(2, E)`` and ``(E,)`` tensors
+        over the ``G + n_latent`` nodes. ``None`` → self-loops only (no message passing between genes).
     condition_specs
         :class:`ConditionSpec` or dicts ``{"name", "kind", "n_categories"}``.
     membership
@@ -64,6 +69,11 @@ class GRNTransformer(VelocityField):
         (see :class:`PerturbationEmbedder`); 0 leaves only the flag and message passing.
     cond_dropout
         Classifier-free guidance dropout probability.
+    n_latent
+        ``L`` latent nodes after the ``G`` genes (nodes ``G .. G+L-1`` of ``edge_index`` and of
+        the perturbation codes), each with a learned input state ``latent_state`` (L, D) and no
+        output. Set from the graph (``GeneGraph.n_latent``), not by users; 0 builds exactly the
+        model without latent nodes (same parameters, same outputs for the same seed).
     """
 
     def __init__(
@@ -90,18 +100,26 @@ class GRNTransformer(VelocityField):
         perturbation: bool = False,
         perturbation_hops: int = 3,
         cond_dropout: float = 0.1,
+        n_latent: int = 0,
     ):
         super().__init__()
         if mixer not in ("graph", "full"):
             raise ValueError(f"mixer must be 'graph' or 'full', got {mixer!r}")
+        n_latent = int(n_latent)
+        if n_latent < 0:
+            raise ValueError(f"n_latent must be ≥ 0, got {n_latent}")
+        if n_latent and mixer != "graph":
+            raise ValueError("latent nodes (unmeasured perturbed genes) pass messages along graph edges: they need "
+                             "mixer='graph'")
+        n_nodes = n_genes + n_latent
         if edge_index is None:  # self-loops only: a node-wise model
-            edge_index = torch.arange(n_genes).repeat(2, 1)
-            edge_type = torch.full((n_genes,), 2, dtype=torch.long)
-        self.n_genes, self.hidden = n_genes, hidden
+            edge_index = torch.arange(n_nodes).repeat(2, 1)
+            edge_type = torch.full((n_nodes,), 2, dtype=torch.long)
+        self.n_genes, self.n_latent, self.hidden = n_genes, n_latent, hidden
         self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
         self.t_embed = TimestepEmbedder(hidden)
         self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
-        self.pert_embed = (PerturbationEmbedder(n_genes, hidden, edge_index, edge_sign, edge_type, hops=perturbation_hops,
+        self.pert_embed = (PerturbationEmbedder(n_nodes, hidden, edge_index, edge_sign, edge_type, hops=perturbation_hops,
                                                 n_kinds=int(perturbation))
                            if perturbation else None)
         self.cell_embed = (nn.Sequential(nn.Linear(n_genes, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
@@ -110,7 +128,7 @@ class GRNTransformer(VelocityField):
         def block():
             if mixer == "full":
                 return TokenBlock(hidden, heads, mlp_ratio)
-            return GraphDiTBlock(hidden, heads, n_genes, edge_index, edge_sign, edge_weight, edge_type,
+            return GraphDiTBlock(hidden, heads, n_nodes, edge_index, edge_sign, edge_weight, edge_type,
                                  mode=mode, mlp_ratio=mlp_ratio)
 
         n_pre = (depth + 1) // 2
@@ -122,12 +140,23 @@ class GRNTransformer(VelocityField):
         else:
             self.pooling, self.token_blocks = None, nn.ModuleList()
         self.final = FinalLayer(hidden)
+        # created last, and only with latent nodes: a model without them draws the same initial weights
+        if n_latent:
+            self.latent_state = nn.Parameter(torch.randn(n_latent, hidden) * 0.02)  # (L, D)
+        else:
+            self.register_parameter("latent_state", None)
+
+    def node_identity(self) -> torch.Tensor:
+        """Identity vectors of every node (G + L, D): the genes' embeddings, then the latent states."""
+        if self.latent_state is None:
+            return self.embed.identity.weight
+        return torch.cat([self.embed.identity.weight, self.latent_state.to(self.embed.identity.weight.dtype)])
 
     def conditioning(self, t: torch.Tensor, cond, pert, B: int, force_drop=None):
         c = self.t_embed(t) + self.cond_embed(cond, B, device=t.device, force_drop=force_drop)  # (B, D)
         node = None
         if self.pert_embed is not None and pert is not None:
-            node, glob = self.pert_embed(pert, self.embed.identity.weight)
+            node, glob = self.pert_embed(pert, self.node_identity())  # node (B, G + L, D)
             c = c + glob
         return c, node
 
@@ -139,6 +168,10 @@ class GRNTransformer(VelocityField):
             c = c + self.cell_embed(x)  # (B, D) global state of the cell
         # the gene stack runs gene-major (G, B, D): see grndiff.nn.graph_attention, "Layout"
         h = self.embed.forward_genes(x)  # (G, B, D)
+        G = self.n_genes
+        if self.latent_state is not None:  # latent nodes: a learned state, no expression value
+            lat = self.latent_state.to(h.dtype).unsqueeze(1).expand(-1, B, -1)  # (L, B, D)
+            h = torch.cat([h, lat])  # (G + L, B, D)
         if node is not None:
             h = h + node.transpose(0, 1)
         run = self._block_runner(h)
@@ -146,14 +179,17 @@ class GRNTransformer(VelocityField):
             h = run(blk, h, c)
         extras = {}
         if self.pooling is not None:
-            tok = self.pooling.pool_genes(h)  # (B, P, D)
+            tok = self.pooling.pool_genes(h[:G] if self.n_latent else h)  # (B, P, D): measured genes only
             for tb in self.token_blocks:
                 tok = tb(tok, c)
-            h = h + self.pooling.unpool_genes(tok)  # (G, B, D)
+            if self.n_latent:
+                h = torch.cat([h[:G] + self.pooling.unpool_genes(tok), h[G:]])  # (G + L, B, D)
+            else:
+                h = h + self.pooling.unpool_genes(tok)  # (G, B, D)
             extras = {"tokens": tok, "activity": self.pooling.activity(tok)}
         for blk in self.blocks_post:
             h = run(blk, h, c)
-        v = self.final.forward_genes(h, c).squeeze(-1).T  # (B, G)
+        v = self.final.forward_genes(h[:G] if self.n_latent else h, c).squeeze(-1).T  # (B, G): no latent column
         return v, extras
 
     # A gene block keeps ~14 node-state tensors (G, B, D) for its backward: at G = 20,000, B = 64 that
@@ -168,7 +204,7 @@ class GRNTransformer(VelocityField):
         """Cells per sampler call (``FlowModule.generate`` caps its batches with it): a node-state
         tensor (G, B, D) stays near 128 MB, so sampling memory does not grow with the batch size asked
         for (1,024 cells at G = 20,000 would hold ~2.6 GB per tensor); 149 cells at G = 7,000."""
-        return max(16, 2**25 // (self.n_genes * self.hidden))
+        return max(16, 2**25 // ((self.n_genes + self.n_latent) * self.hidden))
 
     def _block_runner(self, h: torch.Tensor):
         if torch.is_grad_enabled() and h.numel() > self.checkpoint_above:

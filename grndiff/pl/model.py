@@ -88,11 +88,11 @@ def module_graph(model, module, *, layer: int = 0, head: int | None = None, top_
     src, dst = gat.src.cpu().numpy(), gat.dst.cpu().numpy()
     sign = gat.sign_idx.cpu().numpy() - 1  # {-1, 0, +1}
     name, idx = _module_genes(model, module, n_genes)
-    members = np.zeros(model.graph.n_genes, dtype=bool)
+    members = np.zeros(model.graph.n_nodes, dtype=bool)  # latent nodes (unmeasured genes) may regulate
     members[idx] = True
     keep = (src != dst) & members[dst] & (members[src] | regulators)
     order = np.flatnonzero(keep)[np.argsort(-w[keep])][:top_edges]
-    genes = np.asarray(model.var_names)
+    genes = np.asarray(list(model.var_names) + list(model.graph.latent_genes))
 
     ax, own = new_axes(ax, figsize)
     G = nx.DiGraph()

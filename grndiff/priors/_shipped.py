@@ -22,12 +22,14 @@ _CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
 
 
 def _candidate_dirs() -> list[Path]:
-    dirs = []
+    # a source checkout first: its own priors/ folder, next to the package imported (an editable
+    # install made from another checkout maps grndiff._priors to *that* checkout's folder)
+    dirs = [Path(__file__).resolve().parents[2] / "priors"]
     try:  # installed wheel (and editable installs made after the package-dir mapping)
         dirs.append(Path(str(files("grndiff._priors"))))
     except (ModuleNotFoundError, TypeError):
         pass
-    return dirs + [Path(__file__).resolve().parents[2] / "priors"]  # a source checkout
+    return dirs
 
 
 def prior_dir() -> Path:
@@ -66,6 +68,23 @@ def list_priors() -> pd.DataFrame:
     return pd.DataFrame([{c: m[c] for c in cols} for m in _manifest()], columns=cols)
 
 
+def _entry(name: str, organism: str = "human") -> dict | None:
+    """The manifest entry of a shipped prior, or ``None``."""
+    key, org = str(name).strip().lower(), str(organism).strip().lower()
+    return next((m for m in _manifest() if m["name"] == key and m["organism"] == org), None)
+
+
+def edge_kind(name, organism: str = "human") -> str:
+    """What a shipped network's edges are: ``"signalling"`` (protein signalling, e.g.
+    ``omnipath_signaling``) or ``"regulation"`` (TF → target, the default for every other prior,
+    files and DataFrames included)."""
+    if isinstance(name, str):
+        m = _entry(name, organism)
+        if m is not None:
+            return str(m.get("edge_kind", "regulation"))
+    return "regulation"
+
+
 def prior_path(name: str, organism: str = "human") -> Path:
     """Path of a shipped prior file.
 
@@ -76,10 +95,10 @@ def prior_path(name: str, organism: str = "human") -> Path:
     organism
         ``"human"`` or ``"mouse"``.
     """
-    key, org = str(name).strip().lower(), str(organism).strip().lower()
-    for m in _manifest():
-        if m["name"] == key and m["organism"] == org:
-            return prior_dir() / m["file"]
+    key = str(name).strip().lower()
+    m = _entry(name, organism)
+    if m is not None:
+        return prior_dir() / m["file"]
     have = sorted(f"{m['name']} ({m['organism']})" for m in _manifest())
     orgs = sorted(m["organism"] for m in _manifest() if m["name"] == key)
     hint = (f" {key!r} is shipped for organism {orgs} only." if orgs else "")
@@ -109,7 +128,7 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
     ----------
     name_or_path
         A shipped name (``collectri``, ``dorothea``, ``progeny``, ``hallmark``, ``reactome``,
-        ``go_bp``; :func:`list_priors` says which organisms; ``krumsiek11``, the toy network of
+        ``go_bp``, ``omnipath_signaling``; :func:`list_priors` says which organisms; ``krumsiek11``, the toy network of
         :func:`grndiff.datasets.krumsiek11`), a path to a ``.csv``/``.tsv`` long table or a ``.gmt``
         file, a DataFrame (validated by :func:`~grndiff.priors.from_decoupler`) or a networkx graph
         (:func:`~grndiff.priors.from_networkx`).
@@ -124,6 +143,9 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
     pandas.DataFrame
         ``E`` rows: ``source``, ``target``, ``weight`` (+ extra columns such as
         ``confidence``). Gene sets: ``source`` = set name, ``target`` = gene, ``weight`` = 1.0.
+        A signalling network (``omnipath_signaling``) also has ``edge_kind`` = ``"signalling"``,
+        which :class:`~grndiff.graph.GeneGraph` turns into its own edge type; its complexes are
+        split into their members (:func:`split_complexes`).
 
     Examples
     --------
@@ -143,7 +165,7 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
         if p.is_file():
             df = read_table(p)
         elif isinstance(name_or_path, str) and not p.suffix and os.sep not in name_or_path:
-            df = read_table(prior_path(name_or_path, organism))
+            df = _read_shipped(name_or_path, organism)
         else:
             raise FileNotFoundError(f"prior file {str(name_or_path)!r} does not exist. Shipped priors load by "
                                     "name, e.g. load('collectri'); see grndiff.priors.list_priors().")
@@ -153,6 +175,105 @@ def load(name_or_path, organism: str = "human", *, confidence=None) -> pd.DataFr
     if confidence is not None:
         df = _filter_confidence(df, confidence)
     return df
+
+
+def _read_shipped(name: str, organism: str) -> pd.DataFrame:
+    """A shipped file as a long table, with the manifest's ``columns`` renaming (e.g. OmniPath's
+    ``interaction`` → ``weight``), ``complexes`` splitting and ``edge_kind`` applied."""
+    path = prior_path(name, organism)  # raises the "no shipped prior" message
+    m = _entry(name, organism)
+    if not m.get("columns") and not m.get("complexes") and "edge_kind" not in m:
+        return read_table(path)
+    raw = pd.read_csv(path, sep="\t" if path.suffix.lower() in (".tsv", ".txt") else ",")
+    df = from_decoupler(raw.rename(columns=dict(m.get("columns") or {})))
+    if m.get("complexes"):
+        df = split_complexes(df, sep=m["complexes"])
+    if "edge_kind" in m:
+        df["edge_kind"] = str(m["edge_kind"])
+    return df
+
+
+def split_complexes(net: pd.DataFrame, sep: str = "_") -> pd.DataFrame:
+    """Replace protein complexes written ``A_B_C`` by their members.
+
+    An edge from a complex becomes one edge from each member, an edge to a complex one edge to
+    each member (complex → complex: every member pair), with the same weight; empty members (a
+    leading ``_``) are dropped. Edges that then join the same pair are merged as in
+    :func:`~grndiff.priors.from_decoupler` (mean weight, first occurrence's position).
+
+    Parameters
+    ----------
+    net
+        Long table ``source, target, weight`` (E rows).
+    sep
+        Separator of complex members.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long table without ``sep`` in any gene name (E' ≥ rows without complexes).
+    """
+    net = from_decoupler(net)
+    if not (net["source"].str.contains(sep, regex=False) | net["target"].str.contains(sep, regex=False)).any():
+        return net
+    out = net.copy()
+    for col in ("source", "target"):
+        out[col] = out[col].map(lambda n: [p for p in n.split(sep) if p])
+        out = out.explode(col, ignore_index=True)
+    return from_decoupler(out.dropna(subset=["source", "target"]))
+
+
+def combine(priors, *, kinds=None, organism: str = "human") -> pd.DataFrame:
+    """Union of several priors as one long table whose edges remember where they came from.
+
+    Parameters
+    ----------
+    priors
+        A list of priors, each anything :func:`load` takes (shipped name, path, DataFrame,
+        networkx graph), e.g. ``["collectri", "omnipath_signaling"]``.
+    kinds
+        One ``"regulation"`` / ``"signalling"`` per prior, or ``None``: a shipped name's own kind
+        (:func:`edge_kind`), else the table's ``edge_kind`` column, else ``"regulation"``.
+    organism
+        For shipped names.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``source, target, weight, prior, edge_kind`` (one row per gene pair). ``prior`` names the
+        prior an edge came from (its shipped name, or ``"prior<k>"`` for the k-th non-name); a pair
+        found in several priors is one edge with the mean weight (so a +1/−1 conflict becomes 0,
+        sign unknown) and the ``prior``/``edge_kind`` of the first prior listing it.
+
+    Examples
+    --------
+    >>> net = combine(["collectri", "omnipath_signaling"])     # doctest: +SKIP
+    >>> net.groupby("edge_kind").size()                        # doctest: +SKIP
+    """
+    items = list(priors)
+    if not items:
+        raise ValueError("combine() needs at least one prior, e.g. ['collectri', 'omnipath_signaling']")
+    kinds = [None] * len(items) if kinds is None else list(kinds)
+    if len(kinds) != len(items):
+        raise ValueError(f"kinds has {len(kinds)} entries for {len(items)} priors")
+    parts = []
+    for k, (p, kind) in enumerate(zip(items, kinds)):
+        df = load(p, organism)
+        if kind is None:
+            kind = edge_kind(p, organism) if isinstance(p, str) else None
+        if kind is not None:
+            df["edge_kind"] = str(kind)
+        elif "edge_kind" not in df.columns:
+            df["edge_kind"] = "regulation"
+        bad = sorted(set(df["edge_kind"].astype(str)) - set(EDGE_KINDS))
+        if bad:
+            raise ValueError(f"edge kinds must be one of {EDGE_KINDS}, got {bad} for prior {k}")
+        df["prior"] = str(p).strip().lower() if isinstance(p, str) and not Path(p).suffix else f"prior{k}"
+        parts.append(df[["source", "target", "weight", "prior", "edge_kind"]])
+    return from_decoupler(pd.concat(parts, ignore_index=True))
+
+
+EDGE_KINDS = ("regulation", "signalling")
 
 
 def _filter_confidence(df: pd.DataFrame, confidence) -> pd.DataFrame:

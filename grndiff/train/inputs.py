@@ -18,7 +18,7 @@ from ..nn import GRNTransformer
 from .module import BACKBONES, FlowModule
 
 NET_OPTIONS = tuple(n for n, p in inspect.signature(GRNTransformer.__init__).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY and n != "perturbation")
+                    if p.kind is p.KEYWORD_ONLY and n not in ("perturbation", "n_latent"))  # set from the data
 FLOW_OPTIONS = tuple(n for n in inspect.signature(FlowModule.__init__).parameters
                      if n not in ("self", "inputs", "backbone", "net_kwargs", "source", "max_steps"))
 
@@ -49,9 +49,9 @@ def check_options(options: dict, backbone: str = "grn") -> None:
 def module_inputs(graph: GeneGraph, processor: ExpressionProcessor, match_keys=None) -> dict:
     """The data-derived ``inputs`` of :class:`~grndiff.train.FlowModule` (sizes, graph, condition
     vocabularies, ``gene_scale`` (G,) — the scaler's per-gene std: scaled data → log1p units — and
-    the context keys of sources that use control cells)."""
+    the context keys of sources that use control cells; ``n_latent``, the graph's latent nodes)."""
     g = graph
-    return {"n_genes": g.n_genes, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
+    return {"n_genes": g.n_genes, "n_latent": g.n_latent, "edge_index": g.edge_index, "edge_sign": g.edge_sign,
             "edge_weight": g.edge_weight, "edge_type": g.edge_type, "membership": g.membership,
             "condition_specs": processor.conditions.specs(),
             "perturbation": processor.conditions.perturbation.n_kinds if processor.has_gene_perturbations else 0,
@@ -62,8 +62,15 @@ def module_inputs(graph: GeneGraph, processor: ExpressionProcessor, match_keys=N
 def build_module(config: dict, graph: GeneGraph, processor: ExpressionProcessor, source=None) -> FlowModule:
     """A FlowModule from a GRNDiff ``config`` (``backbone``, ``source``, ``options``, ``match_keys``)."""
     opts = config["options"]
+    net_kwargs = {k: v for k, v in opts.items() if k not in FLOW_OPTIONS}
+    if graph.n_latent:  # unmeasured perturbed genes: nodes of the graph network only
+        if config["backbone"] != "grn":
+            raise ValueError(f"the graph has {graph.n_latent} latent nodes (perturbed genes that are not measured, and "
+                             f"the prior genes linking them to measured ones); backbone={config['backbone']!r} has no "
+                             "graph to hold them. Use backbone='grn', or perturb measured genes only.")
+        net_kwargs["n_latent"] = graph.n_latent
     return FlowModule(module_inputs(graph, processor, config.get("match_keys")), backbone=config["backbone"],
-                      net_kwargs={k: v for k, v in opts.items() if k not in FLOW_OPTIONS},
+                      net_kwargs=net_kwargs,
                       source=source if source is not None else config["source"],
                       **{k: v for k, v in opts.items() if k in FLOW_OPTIONS})
 
@@ -84,6 +91,8 @@ def describe(x) -> Any:
     """A JSON-safe description of a prior/modules argument for the config."""
     if x is None or isinstance(x, (str, int, float)):
         return x
+    if isinstance(x, (list, tuple)):  # a union of priors
+        return [describe(v) for v in x]
     if isinstance(x, pd.DataFrame):
         return f"DataFrame({len(x)} rows)"
     return type(x).__name__
