@@ -35,7 +35,7 @@ def _named_edges(g: GeneGraph) -> set[tuple[str, str, int]]:
 
 
 def test_latent_nodes_are_the_perturbed_gene_and_short_paths_bounded_by_hops():
-    g = GeneGraph.from_prior(TOY, MEASURED, perturbed=["P", "M2"])  # latent_hops=3 by default
+    g = GeneGraph.from_prior(TOY, MEASURED, perturbed=["P", "M2"], latent_hops=3)
     assert g.genes == MEASURED and g.latent_genes == ["P", "U1", "U2"]  # perturbed first, then path genes
     assert (g.n_genes, g.n_latent, g.n_nodes) == (3, 3, 6)
     assert int(g.edge_index.max()) == 5 and g.in_degree().shape == (6,)
