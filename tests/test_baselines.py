@@ -114,3 +114,29 @@ def test_gaussian_pca_shapes_and_group_means():
     gen = GaussianPCA(n_comps=10).fit_anndata(a, groupby="cell_type").sample_anndata(7)
     assert gen.shape == (14, G) and list(gen.var_names) == list(a.var_names)
     assert gen.obs["cell_type"].value_counts().to_dict() == {"a": 7, "b": 7}
+
+
+def test_linear_with_a_graph_embedding_predicts_unmeasured_perturbed_genes():
+    import pandas as pd
+    from grndiff.baselines import LinearPCARidge, graph_gene_embedding
+    # two modules in the prior: A-chain regulators (A1..A4, plus unmeasured A9) and B-chain (B1..B4, B9)
+    edges = [(f"A{i}", f"A{j}") for i in range(1, 5) for j in (5, 6)] + [("A9", "A1"), ("A9", "A5")]
+    edges += [(f"B{i}", f"B{j}") for i in range(1, 5) for j in (5, 6)] + [("B9", "B1"), ("B9", "B5")]
+    edges += [("A5", "B5")]  # one bridge keeps the graph connected
+    prior = pd.DataFrame(edges, columns=["source", "target"])
+    emb = graph_gene_embedding(prior, dim=3)
+    assert "A9" in emb.index and emb.shape[1] == 3 and np.allclose(emb.to_numpy().std(0), 1.0)
+    # knocking out an A gene raises gene 0, a B gene gene 1 (genes = the measured ones)
+    genes = [f"A{i}" for i in range(1, 7)] + [f"B{i}" for i in range(1, 7)]
+    deltas = {}
+    for g in ["A1", "A2", "A3", "B1", "B2", "B3"]:
+        d = np.zeros(len(genes))
+        d[0 if g[0] == "A" else 1] = 1.0
+        deltas[g] = d
+    rng = np.random.default_rng(0)
+    lin = LinearPCARidge(n_comps=3, ridge=0.01).fit(deltas, expression=rng.normal(size=(50, len(genes))),
+                                                    genes=genes, pert_embedding=emb)
+    a9, b9 = lin.predict("A9"), lin.predict("B9")  # neither is measured
+    assert a9[0] > a9[1] and b9[1] > b9[0]
+    with pytest.raises(KeyError, match="embedding"):
+        lin.predict("Z1")

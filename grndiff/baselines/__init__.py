@@ -4,7 +4,7 @@ Perturbation prediction: :func:`no_change`, :class:`MeanShift`, :func:`additive`
 :class:`LinearPCARidge` (Ahlmann-Eltze et al. 2025). Generation: :class:`GaussianPCA`.
 """
 from .gaussian import GaussianPCA
-from .linear import LinearPCARidge
+from .linear import LinearPCARidge, graph_gene_embedding
 from .shift import MeanShift, additive, no_change
 
-__all__ = ["no_change", "MeanShift", "additive", "LinearPCARidge", "GaussianPCA"]
+__all__ = ["no_change", "MeanShift", "additive", "LinearPCARidge", "GaussianPCA", "graph_gene_embedding"]

@@ -56,8 +56,8 @@ class LinearPCARidge:
             raise ValueError(f"need n_comps ≥ 1 and ridge ≥ 0, got {n_comps}, {ridge}")
         self.n_comps, self.ridge, self.sep, self.seed = n_comps, ridge, sep, seed
 
-    def fit(self, train_deltas: Mapping[str, np.ndarray], expression=None, genes: Sequence[str] | None = None
-            ) -> "LinearPCARidge":
+    def fit(self, train_deltas: Mapping[str, np.ndarray], expression=None, genes: Sequence[str] | None = None,
+            pert_embedding: pd.DataFrame | None = None) -> "LinearPCARidge":
         """Fit ``W`` and ``b`` on training perturbations.
 
         Parameters
@@ -70,6 +70,10 @@ class LinearPCARidge:
             ``Δ`` matrix itself (paper).
         genes
             The ``G`` gene names (column order of ``expression`` and of every ``Δ``).
+        pert_embedding
+            Optional (genes × K') embedding in which perturbed genes are looked up instead of the
+            measured genes' PCA rows — e.g. :func:`graph_gene_embedding` of a prior graph, which
+            also embeds genes that are not measured. ``W`` is then (K, K').
         """
         if genes is None:
             raise ValueError("LinearPCARidge.fit needs genes= (the G gene names, e.g. adata.var_names)")
@@ -94,14 +98,18 @@ class LinearPCARidge:
             self.gene_embedding_ = pca.transform(Y)  # (G, K) gene scores
         Gm = self.gene_embedding_
         K = Gm.shape[1]
-        P = self.embed(names, centred=False)  # (m, K)
+        self.pert_embedding_ = None
+        if pert_embedding is not None:
+            pe = pd.DataFrame(pert_embedding)
+            self.pert_embedding_ = (pe.to_numpy(dtype=np.float64), pd.Index(pe.index.astype(str)))
+        P = self.embed(names, centred=False)  # (m, K')
         self.p_mean_ = P.mean(axis=0)
         P = P - self.p_mean_
         self.b_ = Y.mean(axis=1)  # (G,)
-        lam = self.ridge * np.eye(K)
+        lam_g, lam_p = self.ridge * np.eye(K), self.ridge * np.eye(P.shape[1])
         # W = (GᵀG + λI)⁻¹ Gᵀ (Y − b) P (PᵀP + λI)⁻¹  (both ridge solves of the paper)
-        left = np.linalg.solve(Gm.T @ Gm + lam, Gm.T @ (Y - self.b_[:, None]) @ P)  # (K, K)
-        self.W_ = np.linalg.solve((P.T @ P + lam).T, left.T).T  # right-multiply by (PᵀP + λI)⁻¹
+        left = np.linalg.solve(Gm.T @ Gm + lam_g, Gm.T @ (Y - self.b_[:, None]) @ P)  # (K, K')
+        self.W_ = np.linalg.solve((P.T @ P + lam_p).T, left.T).T  # right-multiply by (PᵀP + λI)⁻¹
         self.train_perturbations_ = names
         return self
 
@@ -109,15 +117,17 @@ class LinearPCARidge:
         """Perturbation embeddings ``(m, K)``: sums of the gene-embedding rows of the perturbed genes."""
         if not hasattr(self, "gene_embedding_"):
             raise RuntimeError("LinearPCARidge is not fitted; call fit() first")
-        out = np.zeros((len(perts), self.gene_embedding_.shape[1]))
+        table, index = ((self.gene_embedding_, self._index) if getattr(self, "pert_embedding_", None) is None
+                        else self.pert_embedding_)
+        out = np.zeros((len(perts), table.shape[1]))
         for i, p in enumerate(perts):
             parts = [q for q in str(p).split(self.sep) if q and q != "ctrl"]
-            idx = self._index.get_indexer(parts)
+            idx = index.get_indexer(parts)
             if (idx < 0).any():
                 missing = [q for q, j in zip(parts, idx) if j < 0]
-                raise KeyError(f"perturbed gene(s) {missing} of {p!r} are not among the {len(self.genes_)} "
-                               "genes of the data, so they have no embedding")
-            out[i] = self.gene_embedding_[idx].sum(axis=0)
+                raise KeyError(f"perturbed gene(s) {missing} of {p!r} are not among the {len(index)} "
+                               "genes of the perturbation embedding, so they have no embedding")
+            out[i] = table[idx].sum(axis=0)
         return out - self.p_mean_ if centred else out
 
     def predict(self, perts):
@@ -136,3 +146,39 @@ class LinearPCARidge:
         P = self.embed([perts] if single else list(perts))  # (m, K)
         D = P @ self.W_.T @ self.gene_embedding_.T + self.b_  # (m, G)
         return D[0] if single else D
+
+
+def graph_gene_embedding(prior: pd.DataFrame, dim: int = 10) -> pd.DataFrame:
+    """Spectral embedding (genes × ``dim``) of a prior network, for every gene it names.
+
+    The leading non-trivial eigenvectors of the symmetric normalised adjacency
+    ``D^{-1/2} |A| D^{-1/2}`` of the undirected graph (edges of ``source → target``, unweighted),
+    each standardised over the genes.
+    It embeds genes that are not measured as well, so a linear model can look up their
+    perturbations (the information a graph model gets from the same prior).
+
+    Parameters
+    ----------
+    prior
+        Long table with ``source`` and ``target`` columns.
+    dim
+        Embedding width.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import eigsh
+
+    genes = pd.Index(sorted(set(prior["source"].astype(str)) | set(prior["target"].astype(str))))
+    i, j = genes.get_indexer(prior["source"].astype(str)), genes.get_indexer(prior["target"].astype(str))
+    keep = i != j
+    n = len(genes)
+    A = sparse.coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(n, n)).tocsr()
+    A = ((A + A.T) > 0).astype(np.float64)
+    d = np.asarray(A.sum(1)).ravel()
+    inv = sparse.diags(1.0 / np.sqrt(np.maximum(d, 1.0)))
+    M = inv @ A @ inv
+    k = min(dim + 1, n - 2)
+    vals, vecs = eigsh(M, k=k, which="LA", v0=np.ones(n) / np.sqrt(n))
+    order = np.argsort(-vals)[1:dim + 1]  # drop the leading (degree) eigenvector
+    emb = vecs[:, order]
+    emb = emb / np.maximum(emb.std(axis=0), 1e-12)  # unit spread per column: the ridge penalty sees every axis alike
+    return pd.DataFrame(emb, index=genes, columns=[f"spectral_{c}" for c in range(emb.shape[1])])
