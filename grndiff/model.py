@@ -26,6 +26,8 @@ from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
 from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, default_epochs, describe
 from .train.quiet import console_kwargs, quiet
 from .train.runtime import cpu_runtime
+from ._checks import check_count, check_sampling
+from ._output import annotate_output, check_predict_input, var_from_state, var_to_state
 
 log = logging.getLogger("grndiff")
 
@@ -175,7 +177,7 @@ class GRNDiff(TokenReadout):
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def sample(self, n_cells: int, conditions: dict | pd.DataFrame | None = None, *, n_steps: int = 50,
                method: str = "euler", guidance: float = 1.0, seed: int = 0, batch_size: int = 1024,
-               counts: bool = False, clip: bool = True, progress: bool = False) -> ad.AnnData:
+               counts: bool = False, clip: bool = True, progress: bool = True) -> ad.AnnData:
         """Generate ``n_cells`` cells.
 
         Parameters
@@ -194,14 +196,17 @@ class GRNDiff(TokenReadout):
         clip
             Clip the log1p values at 0 (default). ``clip=False`` returns the flow's end points as
             they are, for benchmarks whose other generators are not clipped either.
+        progress
+            Show progress (default): a bar on a terminal or in Jupyter once a call takes more than
+            2 s, an occasional line in a log file; ``False``: nothing.
 
         Returns
         -------
         AnnData (n_cells × G): log1p-normalised expression in ``.X``, the conditions in ``.obs``,
-        run parameters in ``.uns["grndiff"]``.
+        the training data's gene annotations in ``.var``, run parameters in ``.uns["grndiff"]``.
         """
-        if n_cells < 1:
-            raise ValueError(f"n_cells must be ≥ 1, got {n_cells}")
+        n_cells = check_count("n_cells", n_cells)
+        check_sampling(n_steps=n_steps, batch_size=batch_size, guidance=guidance, method=method, seed=seed)
         cond, pert, obs = self.processor.conditions.request(conditions, n_cells)
         self._ensure_source()
         self.processor.conditions.warn_unseen(obs, self.module.source.unseen(cond, n_cells))
@@ -228,6 +233,8 @@ class GRNDiff(TokenReadout):
         -------
         AnnData (cells of ``adata_ctrl`` × G), log1p-normalised, obs names suffixed ``-pred``.
         """
+        check_sampling(n_steps=n_steps, batch_size=batch_size, guidance=guidance, method=method, seed=seed)
+        check_predict_input(self, adata_ctrl, conditions)  # 0 cells; condition columns missing (a warning)
         x_ctrl = torch.as_tensor(self.processor.scaled_dense(adata_ctrl))  # (B, G)
         n = x_ctrl.shape[0]
         own = {k: adata_ctrl.obs[k].to_numpy() for k in self.processor.conditions.keys if k in adata_ctrl.obs.columns}
@@ -241,14 +248,23 @@ class GRNDiff(TokenReadout):
         obs.index = adata_ctrl.obs_names.astype(str) + "-pred"
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "predict",
                   "clip": clip, "flow": flow}
-        return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip)
+        return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip, like=adata_ctrl)
 
     def _to_anndata(self, x_scaled: torch.Tensor, obs: pd.DataFrame, params: dict, *, counts: bool, seed: int,
-                    clip: bool = True) -> ad.AnnData:
+                    clip: bool = True, like: ad.AnnData | None = None) -> ad.AnnData:
+        """The output AnnData; ``.var`` keeps the gene annotations (of ``like``, the cells given to
+        ``predict``, else of the training data) and ``.obs`` the other columns of ``like.obs``."""
         uns = {"params": {**params, "backbone": self.config["backbone"], "source": self.config["source"]["name"],
                           "version": __version__}}
-        return self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed,
-                                         library_size=self._library_size if counts else None)
+        out = self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed,
+                                        library_size=self._library_size if counts else None)
+        return annotate_output(out, var=like.var if like is not None else self._training_var(), like=like)
+
+    def _training_var(self) -> pd.DataFrame | None:
+        """The training AnnData's ``var`` (kept by :meth:`save`), or ``None`` when unknown."""
+        if getattr(self, "_var", None) is None and getattr(self, "_adata", None) is not None:
+            self._var = self._adata.var
+        return getattr(self, "_var", None)
 
     # ----------------------------------------------------------- save / load
     def save(self, dir_path: str | os.PathLike, overwrite: bool = False) -> None:
@@ -260,7 +276,8 @@ class GRNDiff(TokenReadout):
         write_model_dir({"grndiff_version": __version__, "config": self.config, "setup": self.setup,
                          "processor": self.processor.to_state(), "graph": self.graph.to_state(),
                          "state_dict": self.module.state_dict(), "history": self.history.to_dict(orient="list"),
-                         "is_trained": self.is_trained, "library_size": float(self._library_size)},
+                         "is_trained": self.is_trained, "library_size": float(self._library_size),
+                         "var": var_to_state(self._training_var(), self.processor.genes)},
                         dir_path, overwrite=overwrite)
 
     @classmethod
@@ -293,6 +310,7 @@ class GRNDiff(TokenReadout):
         self.is_trained = bool(payload.get("is_trained"))
         self._library_size = payload.get("library_size", 1e4)
         self._adata = None
+        self._var = var_from_state(payload.get("var"))
         return self
 
     def to(self, device) -> "GRNDiff":
