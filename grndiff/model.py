@@ -271,7 +271,11 @@ class GRNDiff(TokenReadout):
         """Write a self-contained model directory (``model.pt`` + readable ``config.json``).
 
         The file holds only tensors and plain types, so :meth:`load` uses
-        ``torch.load(weights_only=True)``; it is written atomically (temp file + rename).
+        ``torch.load(weights_only=True)``. The folder is written as a whole, atomically (a temporary
+        folder, fsynced, then renamed into place), ``config.json`` carries ``model.pt``'s SHA-256,
+        which :meth:`load` verifies, and concurrent saves take turns (``overwrite=False``: one wins,
+        the others raise ``FileExistsError``). ``overwrite=True`` replaces a saved model, never a
+        folder holding other files.
         """
         write_model_dir({"grndiff_version": __version__, "config": self.config, "setup": self.setup,
                          "processor": self.processor.to_state(), "graph": self.graph.to_state(),
