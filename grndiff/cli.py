@@ -68,6 +68,8 @@ def _data_module_class():
             self.processor = ExpressionProcessor().fit(adata)
             self.graph = GeneGraph.for_anndata(adata, prior, modules, symbol_key=symbol_key, organism=organism,
                                                add_reverse=add_reverse)
+            from .data.conditions import warn_case_only_matches
+            warn_case_only_matches(self.graph, organism)
             self.with_controls = False  # set from the model's source by GRNDiffCLI before fitting
             self._inner = None
 
@@ -245,12 +247,29 @@ def _parse_conditions(items: list[str]) -> dict:
     return out
 
 
+def check_out_file(flag: str, path: str, suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse, before any work, an output path with the wrong extension or in a folder that is
+    missing or not writable."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path!r}: this command writes {what}; name the file *{suffixes[0]} "
+                         f"(e.g. {p.with_suffix(suffixes[0]).name})")
+    if p.is_dir():
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name ending in {suffixes[0]}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path!r}: the folder {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path!r}: cannot write in {str(parent)!r} (no permission)")
+
+
 def cmd_sample(args) -> None:
     from .model import GRNDiff
-    from .train.quiet import stderr_is_terminal
+    check_out_file("--out", args.out, (".h5ad",), "an AnnData (HDF5)")  # before the model is loaded
+    conditions = _parse_conditions(args.conditions)
     model = GRNDiff.load(args.ckpt)
-    gen = model.sample(args.n_cells, _parse_conditions(args.conditions), n_steps=args.n_steps, method=args.method,
-                       guidance=args.guidance, seed=args.seed, counts=args.counts, progress=stderr_is_terminal())
+    gen = model.sample(args.n_cells, conditions, n_steps=args.n_steps, method=args.method,
+                       guidance=args.guidance, seed=args.seed, counts=args.counts, progress=True)
     gen.write_h5ad(args.out)
     print(f"wrote {gen.n_obs} cells × {gen.n_vars} genes to {args.out}")
 
@@ -263,6 +282,8 @@ def cmd_evaluate(args) -> None:
     for flag, path in (("--real", args.real), ("--generated", args.generated)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{flag}: no .h5ad file at {path!r}")
+    if args.out:
+        check_out_file("--out", args.out, (".csv",), "a CSV table")
     real = log1p_normalized_copy(ad.read_h5ad(args.real), layer=args.layer)
     gen = log1p_normalized_copy(ad.read_h5ad(args.generated))
     report = evaluate(real, gen, groupby=args.groupby)

@@ -249,7 +249,8 @@ class GeneGraph:
             "n_isolated": int((~touched).sum()), "n_edges_prior_total": int(len(df)),
             "n_edges_kept": int(len(j)), "n_edges_dropped": int((~keep).sum()),
             "n_duplicates_merged": int(keep.sum() - len(j)), "n_self_edges_kept": int((j == i).sum()),
-            "n_case_only_matches": lookup.n_case_only, "n_modules": 0 if membership is None else len(names),
+            "n_case_only_matches": lookup.n_case_only, "case_only_examples": sorted(lookup.case_only)[:5],
+            "n_modules": 0 if membership is None else len(names),
             "modules_dropped": int(dropped), "min_module_size": int(min_module_size),
             "max_module_size": int(max_module_size),
         }

@@ -27,6 +27,7 @@ from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options
 from .train.quiet import console_kwargs, quiet
 from .train.runtime import cpu_runtime
 from ._checks import check_count, check_sampling
+from .data.conditions import warn_case_only_matches
 from ._output import annotate_output, check_predict_input, var_from_state, var_to_state
 
 log = logging.getLogger("grndiff")
@@ -67,6 +68,12 @@ class GRNDiff(TokenReadout):
         control cells, unless ``source`` names its own ``seed``) and, unless :meth:`train` is given
         another, the data split, batches and noise of training: the same seed gives bitwise
         identical models on CPU.
+    Notes
+    -----
+    :meth:`train`'s first argument counts epochs, as in scvi-tools: ``model.train(30)`` is 30
+    passes over the cells (its progress shows the steps that makes). For a budget in optimiser
+    steps, as the README and the benchmarks give it, pass ``model.train(max_steps=3000)``.
+
     **options
         Architecture (``hidden`` 32, ``heads`` 4, ``depth`` 2, ``token_depth`` 2, ``cell_token``,
         ``n_learned_modules``, ``mode`` …: :class:`~grndiff.nn.GRNTransformer`) and flow/optimiser
@@ -84,6 +91,7 @@ class GRNDiff(TokenReadout):
         self.processor = ExpressionProcessor().fit(adata)
         self.graph = GeneGraph.for_anndata(adata, prior, modules, symbol_key=self.setup.get("symbol_key"),
                                           organism=organism, **(graph_kwargs or {}))
+        warn_case_only_matches(self.graph, organism)  # e.g. a human prior on mouse genes: say so
         has_control = bool(self.setup.get("perturbation_key") or self.setup.get("control_obs"))
         if isinstance(source, str) and source == "auto":
             source = "shifted_control" if has_control else "gaussian"
