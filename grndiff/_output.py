@@ -83,5 +83,5 @@ def check_predict_input(model, adata_ctrl, conditions) -> None:
     if missing:
         warn(f"predict(): the cells have no obs column {missing} and conditions= does not give "
              f"{'it' if len(missing) == 1 else 'them'}, so the model predicts without {'it' if len(missing) == 1 else 'them'} "
-             f"(unconditional, null token). Add the column(s) to adata.obs, or pass e.g. "
-             f"conditions={{{missing[0]!r}: ...}}; pass {missing[0]!r}: None to predict unconditionally on purpose.")
+             f"(unconditional, null token). Add the column(s) to adata.obs, or give the value(s) in conditions=, "
+             f"e.g. conditions={{{missing[0]!r}: ..., ...}}.")
