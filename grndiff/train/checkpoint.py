@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,16 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
-def safe_load(path, map_location="cpu") -> dict[str, Any]:
+def safe_load(path, map_location="cpu", data: bytes | None = None) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with the one error message of every loader (``GRNDiff.load``,
     ``AtomicCheckpointIO``, ``grndiff fit --ckpt_path``) for a truncated, corrupted or unsafe file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        import io
+        return torch.load(io.BytesIO(data) if data is not None else path, map_location=map_location,
+                          weights_only=True)
     except Exception as e:  # truncated, corrupted, or carrying pickled code
         first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise ValueError(
@@ -213,28 +216,35 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
-def verify_checksum(path: Path) -> None:
-    """Compare ``model.pt`` with the SHA-256 its ``config.json`` carries (saves of this version);
-    a mismatch — a flipped byte, a partial copy — raises ``ValueError``."""
+def read_verified(path: Path, attempts: int = 20) -> bytes:
+    """The bytes of ``model.pt``, checked against the SHA-256 its ``config.json`` carries (saves of
+    this version; older saves have none and are returned unchecked). A mismatch while
+    ``config.json`` stays the same — a flipped byte, a partial copy — raises ``ValueError``; a
+    mismatch because a concurrent save replaced the folder between the two reads is read again."""
     import hashlib
+    want = _saved_sha256(path)
+    for _ in range(attempts):
+        data = path.read_bytes()
+        if want is None or hashlib.sha256(data).hexdigest() == want:
+            return data
+        again = _saved_sha256(path)
+        if again == want:
+            break
+        want = again  # the folder was replaced while reading: read the new pair
+        time.sleep(0.01)
+    raise ValueError(f"cannot load {path}: its SHA-256 does not match the one saved with it in config.json, so the "
+                     "file was corrupted or changed after saving (a bad disk, an incomplete copy). Copy the model "
+                     "again, or re-save or retrain it.")
+
+
+def _saved_sha256(path: Path) -> str | None:
     import json
     cfg = path.parent / "config.json"
-    if not cfg.is_file():
-        return
     try:
         want = json.loads(cfg.read_text()).get("model_sha256")
     except (ValueError, OSError, AttributeError):
-        return  # an unreadable config.json is only metadata; the model file itself is checked by torch
-    if not want:
-        return
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != want:
-        raise ValueError(f"cannot load {path}: its SHA-256 does not match the one saved with it in config.json, so the "
-                         "file was corrupted or changed after saving (a bad disk, an incomplete copy). Copy the model "
-                         "again, or re-save or retrain it.")
+        return None  # no or unreadable config.json: only metadata; the model file itself is checked by torch
+    return want or None
 
 
 def read_model_file(path: Path, version: str) -> dict:
@@ -243,8 +253,8 @@ def read_model_file(path: Path, version: str) -> dict:
     path = path / "model.pt" if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"no saved grndiff model at {path}")
-    verify_checksum(path)  # a model saved by this version carries model.pt's SHA-256 in config.json
-    payload = safe_load(path)  # truncated, corrupted, or carrying pickled code: one message everywhere
+    data = read_verified(path)  # a model saved by this version carries model.pt's SHA-256 in config.json
+    payload = safe_load(path, data=data)  # truncated, corrupted, or carrying pickled code: one message everywhere
     if isinstance(payload, dict) and "grndiff" in payload and "state_dict" in payload:  # Lightning .ckpt
         return upgrade_payload({**payload["grndiff"], "state_dict": payload["state_dict"], "is_trained": True})
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
