@@ -84,8 +84,9 @@ def _data_module_class():
             hp = self.hparams
             cfg = config_from_hparams(model_hparams, prior=hp.prior, modules=hp.modules, organism=hp.organism,
                                       match_keys=hp.match_keys)
+            from ._output import var_to_state
             return {"config": cfg, "setup": get_setup(self.adata), "processor": self.processor.to_state(),
-                    "graph": self.graph.to_state()}
+                    "graph": self.graph.to_state(), "var": var_to_state(self.adata.var, self.processor.genes)}
 
         def _dm(self):
             if self._inner is None:

@@ -68,16 +68,16 @@ class GRNDiff(TokenReadout):
         control cells, unless ``source`` names its own ``seed``) and, unless :meth:`train` is given
         another, the data split, batches and noise of training: the same seed gives bitwise
         identical models on CPU.
+    **options
+        Architecture (``hidden`` 32, ``heads`` 4, ``depth`` 2, ``token_depth`` 2, ``cell_token``,
+        ``n_learned_modules``, ``mode`` …: :class:`~grndiff.nn.GRNTransformer`) and flow/optimiser
+        options (``lr``, ``time_schedule``, ``ema_decay`` …: :class:`~grndiff.train.FlowModule`).
+
     Notes
     -----
     :meth:`train`'s first argument counts epochs, as in scvi-tools: ``model.train(30)`` is 30
     passes over the cells (its progress shows the steps that makes). For a budget in optimiser
     steps, as the README and the benchmarks give it, pass ``model.train(max_steps=3000)``.
-
-    **options
-        Architecture (``hidden`` 32, ``heads`` 4, ``depth`` 2, ``token_depth`` 2, ``cell_token``,
-        ``n_learned_modules``, ``mode`` …: :class:`~grndiff.nn.GRNTransformer`) and flow/optimiser
-        options (``lr``, ``time_schedule``, ``ema_decay`` …: :class:`~grndiff.train.FlowModule`).
     """
 
     setup_anndata = staticmethod(setup_anndata)
