@@ -220,9 +220,14 @@ def check_export_dir(path) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ValueError(f"--export {str(path)!r} is a file; give a directory for the saved model")
-    if p.is_dir() and any(p.iterdir()) and not (p / "model.pt").is_file():
-        raise FileExistsError(f"--export {str(path)!r} is a non-empty directory that holds no saved grndiff model; "
-                              "choose a new or empty directory (a saved model there is replaced)")
+    if p.is_dir() and any(p.iterdir()):
+        from .train.checkpoint import MODEL_FILES
+        names = [q.name for q in p.iterdir()]
+        other = sorted(n for n in names if n not in MODEL_FILES and not n.startswith(".tmp-"))
+        if other or "model.pt" not in names:
+            raise FileExistsError(f"--export {str(path)!r} is a non-empty directory that holds no saved grndiff model "
+                                  f"({(other or names)[:5]}); choose a new or empty directory (a saved model there is "
+                                  "replaced)")
     parent = p if p.is_dir() else next((q for q in p.parents if q.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"--export {str(path)!r}: cannot write in {str(parent)!r} (no permission)")

@@ -118,6 +118,12 @@ def test_export_path_is_checked_before_training(tmp_path, monkeypatch, capsys):
     line = _one_line_error(_fit_argv(["tiny.yaml"], tmp_path)[:-1] + [f"--export={other}"], capsys)
     assert "holds no saved grndiff model" in line and "new or empty directory" in line
     assert (other / "config.json").read_text() == '{"mine": true}'  # never overwritten
+    mixed = tmp_path / "mixed"  # a model folder with someone's notes in it: a save would delete them
+    mixed.mkdir()
+    (mixed / "model.pt").write_bytes(b"")
+    (mixed / "notes.txt").write_text("mine")
+    line = _one_line_error(_fit_argv(["tiny.yaml"], tmp_path)[:-1] + [f"--export={mixed}"], capsys)
+    assert "notes.txt" in line and "new or empty directory" in line
     assert not trained  # refused before any training
 
 
