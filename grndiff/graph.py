@@ -249,12 +249,12 @@ class GeneGraph:
             "n_isolated": int((~touched).sum()), "n_edges_prior_total": int(len(df)),
             "n_edges_kept": int(len(j)), "n_edges_dropped": int((~keep).sum()),
             "n_duplicates_merged": int(keep.sum() - len(j)), "n_self_edges_kept": int((j == i).sum()),
-            "n_case_only_matches": lookup.n_case_only, "case_only_examples": sorted(lookup.case_only)[:5],
-            "n_modules": 0 if membership is None else len(names),
+            "n_case_only_matches": lookup.n_case_only, "n_modules": 0 if membership is None else len(names),
             "modules_dropped": int(dropped), "min_module_size": int(min_module_size),
             "max_module_size": int(max_module_size),
         }
         graph = cls(genes, np.stack([J, I]), S, W, T, membership, names, coverage)
+        graph.case_only_examples = sorted(lookup.case_only)[:5]  # for the warning of GRNDiff(...)
         (log.info if verbose else log.debug)("%s", graph.summary())
         if verbose:
             print(graph.summary())

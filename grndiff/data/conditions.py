@@ -62,7 +62,7 @@ def warn_case_only_matches(graph, organism: str | None = None) -> None:
     n = int(c.get("n_case_only_matches") or 0)
     if not n:
         return
-    ex = c.get("case_only_examples") or []
+    ex = list(getattr(graph, "case_only_examples", None) or [])
     warn(f"{n:,} prior gene names matched your genes only up to case (e.g. {ex}): the gene names are written "
          "differently from the prior's. If your data are from "
          "another organism (mouse symbols such as 'Gata1' against a human prior), pass organism='mouse' or a prior "
