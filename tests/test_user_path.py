@@ -222,6 +222,7 @@ def test_sampling_shows_progress_by_default(annotated, monkeypatch):
     from grndiff import _progress
     from grndiff.flow import samplers
     assert inspect.signature(GRNDiff.sample).parameters["progress"].default is True
+    monkeypatch.setattr(_progress, "stderr_is_terminal", lambda: False)  # a log file, even under pytest -s
     made = []
     real_bar = _progress.bar
     monkeypatch.setattr(_progress, "bar", lambda *a, **k: made.append(real_bar(*a, **k)) or made[-1])
@@ -296,15 +297,21 @@ def _snippet(marker: str) -> str:
 
 
 @pytest.mark.slow
-def test_readme_generation_snippet(tmp_path, monkeypatch):
-    """The generation snippet top to bottom (3,000 steps shortened to 3); `real` is defined."""
+def test_readme_generation_and_interpretation_snippets(tmp_path, monkeypatch):
+    """The generation snippet top to bottom (3,000 steps shortened to 3, sampling to 5 Euler
+    steps), `real` defined before use, then the Interpretation block on that model."""
+    import matplotlib
+    matplotlib.use("Agg")
     code = _snippet("<!-- generation:")
     assert "model.train(max_steps=3000)" in code and "real = " in code.split("gd.metrics.evaluate")[0]
+    code = code.replace("max_steps=3000", "max_steps=3").replace("seed=0)\nreal", "seed=0, n_steps=5)\nreal")
+    assert "n_steps=5" in code
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(code.replace("max_steps=3000", "max_steps=3"), ns)  # noqa: S102 — our own README
+    exec(code + _snippet("## Interpretation"), ns)  # noqa: S102 — our own README
     assert ns["report"]["value"].notna().any() and ns["gen"].n_obs == 500
-    assert isinstance(ns["model"], GRNDiff)
+    assert isinstance(ns["model"], GRNDiff) and "grndiff_tokens" in ns["adata"].obsm
+    assert "rank_tokens" in ns["adata"].uns
 
 
 @pytest.mark.slow
