@@ -19,11 +19,28 @@ _ATTRS = {"GRNDiff": "grndiff.model", "GeneGraph": "grndiff.graph", "setup_annda
 __all__ = sorted(_SUBMODULES | set(_ATTRS) | {"__version__"})
 
 
+def _import(module: str):
+    # Lightning, scanpy and decoupler import tqdm.auto, which in Jupyter without ipywidgets warns
+    # "IProgress not found" at import. grndiff's own progress never needs ipywidgets, so import
+    # that one module first with its warning silenced (only it: a catch_warnings around all imports
+    # would undo the filters that other packages install when imported)
+    import sys
+    if "ipykernel" in sys.modules and "tqdm.autonotebook" not in sys.modules:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            try:
+                importlib.import_module("tqdm.autonotebook")
+            except ImportError:
+                pass
+    return importlib.import_module(module)
+
+
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return importlib.import_module(f"grndiff.{name}")
+        return _import(f"grndiff.{name}")
     if name in _ATTRS:
-        return getattr(importlib.import_module(_ATTRS[name]), name)
+        return getattr(_import(_ATTRS[name]), name)
     raise AttributeError(f"module 'grndiff' has no attribute {name!r}")
 
 

@@ -31,7 +31,8 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
     train, test = adata[train_idx].copy(), adata[test_idx].copy()
     real_all = log1p_normalized_copy(adata, layer="counts")
     real_test = real_all[test_idx].copy()
-    print(f"[grndiff demo] kang2018: {adata.n_obs} cells × {adata.n_vars} genes; train {train.n_obs}, held-out {test.n_obs}")
+    print(f"[grndiff demo] kang2018: {adata.n_obs} cells × {adata.n_vars} genes; train {train.n_obs}, held-out {test.n_obs}",
+          flush=True)  # a log file sees each line as it happens
 
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=["cell_type", "condition"])
     steps = 150 if quick else 1500
@@ -41,11 +42,12 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
                      ("mlp", {"prior": None, "modules": None, "backbone": "mlp", "hidden": 512, "depth": 3})]:
         t0 = time.time()
         model = GRNDiff(train, **kw)
-        print(f"[grndiff demo] training {name}: {model}")
+        print(f"[grndiff demo] training {name} ({steps} steps; progress on stderr): {model}", flush=True)
         model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.0, seed=seed,
                     progress_bar=not quick)
         train_s = time.time() - t0
-        gen = model.sample(len(cond_df), cond_df, n_steps=20 if quick else 50, seed=seed)
+        print(f"[grndiff demo] sampling {len(cond_df)} cells from {name}", flush=True)
+        gen = model.sample(len(cond_df), cond_df, n_steps=20 if quick else 50, seed=seed, progress=not quick)
         generated[name] = gen
         rows.append((name, train_s))
         if name == "grndiff":

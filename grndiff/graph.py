@@ -383,6 +383,7 @@ class GeneGraph:
             coverage.update(lat_cov, n_edges_latent=int(((j >= G) | (i >= G)).sum()))
         graph = cls(genes, np.stack([J, I]), S, W, T, membership, names, coverage, latent_genes=latent,
                     edge_prior=P, prior_names=origins)
+        graph.case_only_examples = sorted(lookup.case_only)[:5]  # for the warning of GRNDiff(...)
         (log.info if verbose else log.debug)("%s", graph.summary())
         if verbose:
             print(graph.summary())

@@ -27,6 +27,9 @@ from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
 from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, default_epochs, describe
 from .train.quiet import console_kwargs, quiet
 from .train.runtime import cpu_runtime
+from ._checks import check_count, check_sampling
+from .data.conditions import warn_case_only_matches
+from ._output import annotate_output, check_predict_input, var_from_state, var_to_state
 
 log = logging.getLogger("grndiff")
 
@@ -79,6 +82,12 @@ class GRNDiff(TokenReadout):
         Architecture (``hidden`` 32, ``heads`` 4, ``depth`` 2, ``token_depth`` 2, ``cell_token``,
         ``n_learned_modules``, ``mode`` …: :class:`~grndiff.nn.GRNTransformer`) and flow/optimiser
         options (``lr``, ``time_schedule``, ``ema_decay`` …: :class:`~grndiff.train.FlowModule`).
+
+    Notes
+    -----
+    :meth:`train`'s first argument counts epochs, as in scvi-tools: ``model.train(30)`` is 30
+    passes over the cells (its progress shows the steps that makes). For a budget in optimiser
+    steps, as the README and the benchmarks give it, pass ``model.train(max_steps=3000)``.
     """
 
     setup_anndata = staticmethod(setup_anndata)
@@ -96,6 +105,7 @@ class GRNDiff(TokenReadout):
                    **gkw}
         self.graph = GeneGraph.for_anndata(adata, prior, modules, symbol_key=self.setup.get("symbol_key"),
                                           organism=organism, **gkw)
+        warn_case_only_matches(self.graph, organism)  # e.g. a human prior on mouse genes: say so
         self.processor = ExpressionProcessor().fit(adata, latent_genes=self.graph.latent_genes)
         has_control = bool(self.setup.get("perturbation_key") or self.setup.get("control_obs"))
         if isinstance(source, str) and source == "auto":
@@ -260,7 +270,7 @@ class GRNDiff(TokenReadout):
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def sample(self, n_cells: int, conditions: dict | pd.DataFrame | None = None, *, n_steps: int = 50,
                method: str = "euler", guidance: float = 1.0, seed: int = 0, batch_size: int = 1024,
-               counts: bool = False, clip: bool = True, progress: bool = False) -> ad.AnnData:
+               counts: bool = False, clip: bool = True, progress: bool = True) -> ad.AnnData:
         """Generate ``n_cells`` cells.
 
         Parameters
@@ -279,14 +289,17 @@ class GRNDiff(TokenReadout):
         clip
             Clip the log1p values at 0 (default). ``clip=False`` returns the flow's end points as
             they are, for benchmarks whose other generators are not clipped either.
+        progress
+            Show progress (default): a bar on a terminal or in Jupyter once a call takes more than
+            2 s, an occasional line in a log file; ``False``: nothing.
 
         Returns
         -------
         AnnData (n_cells × G): log1p-normalised expression in ``.X``, the conditions in ``.obs``,
-        run parameters in ``.uns["grndiff"]``.
+        the training data's gene annotations in ``.var``, run parameters in ``.uns["grndiff"]``.
         """
-        if n_cells < 1:
-            raise ValueError(f"n_cells must be ≥ 1, got {n_cells}")
+        n_cells = check_count("n_cells", n_cells)
+        check_sampling(n_steps=n_steps, batch_size=batch_size, guidance=guidance, method=method, seed=seed)
         cond, pert, obs = self.processor.conditions.request(conditions, n_cells)
         self._ensure_source()
         self.processor.conditions.warn_unseen(obs, self.module.source.unseen(cond, n_cells))
@@ -315,6 +328,8 @@ class GRNDiff(TokenReadout):
         -------
         AnnData (cells of ``adata_ctrl`` × G), log1p-normalised, obs names suffixed ``-pred``.
         """
+        check_sampling(n_steps=n_steps, batch_size=batch_size, guidance=guidance, method=method, seed=seed)
+        check_predict_input(self, adata_ctrl, conditions)  # 0 cells; condition columns missing (a warning)
         x_ctrl = torch.as_tensor(self.processor.scaled_dense(adata_ctrl))  # (B, G)
         n = x_ctrl.shape[0]
         own = {k: adata_ctrl.obs[k].to_numpy() for k in self.processor.conditions.keys if k in adata_ctrl.obs.columns}
@@ -332,7 +347,7 @@ class GRNDiff(TokenReadout):
         obs.index = adata_ctrl.obs_names.astype(str) + "-pred"
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "predict",
                   "clip": clip, "flow": flow, "flow_weight": alpha}
-        return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip)
+        return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip, like=adata_ctrl)
 
     @property
     def flow_weight(self) -> float:
@@ -341,25 +356,39 @@ class GRNDiff(TokenReadout):
         return 1.0 if not gate else float(gate["alpha"])
 
     def _to_anndata(self, x_scaled: torch.Tensor, obs: pd.DataFrame, params: dict, *, counts: bool, seed: int,
-                    clip: bool = True) -> ad.AnnData:
+                    clip: bool = True, like: ad.AnnData | None = None) -> ad.AnnData:
+        """The output AnnData; ``.var`` keeps the gene annotations (of ``like``, the cells given to
+        ``predict``, else of the training data) and ``.obs`` the other columns of ``like.obs``."""
         uns = {"params": {**params, "backbone": self.config["backbone"], "source": self.config["source"]["name"],
                           "version": __version__}}
-        return self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed,
-                                         library_size=self._library_size if counts else None)
+        out = self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed,
+                                        library_size=self._library_size if counts else None)
+        return annotate_output(out, var=like.var if like is not None else self._training_var(), like=like)
+
+    def _training_var(self) -> pd.DataFrame | None:
+        """The training AnnData's ``var`` (kept by :meth:`save`), or ``None`` when unknown."""
+        if getattr(self, "_var", None) is None and getattr(self, "_adata", None) is not None:
+            self._var = self._adata.var
+        return getattr(self, "_var", None)
 
     # ----------------------------------------------------------- save / load
     def save(self, dir_path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write a self-contained model directory (``model.pt`` + readable ``config.json``).
 
         The file holds only tensors and plain types, so :meth:`load` uses
-        ``torch.load(weights_only=True)``; it is written atomically (temp file + rename).
+        ``torch.load(weights_only=True)``. The folder is written as a whole, atomically (a temporary
+        folder, fsynced, then renamed into place), ``config.json`` carries ``model.pt``'s SHA-256,
+        which :meth:`load` verifies, and concurrent saves take turns (``overwrite=False``: one wins,
+        the others raise ``FileExistsError``). ``overwrite=True`` replaces a saved model, never a
+        folder holding other files.
         """
         write_model_dir({"grndiff_version": __version__, "config": self.config, "setup": self.setup,
                          "processor": self.processor.to_state(), "graph": self.graph.to_state(),
                          "state_dict": self.module.state_dict(), "history": self.history.to_dict(orient="list"),
                          "is_trained": self.is_trained, "library_size": float(self._library_size),
                          "gate": getattr(self, "gate_", None),
-                         "validation": getattr(self, "validation_", pd.DataFrame()).to_dict(orient="list")},
+                         "validation": getattr(self, "validation_", pd.DataFrame()).to_dict(orient="list"),
+                         "var": var_to_state(self._training_var(), self.processor.genes)},
                         dir_path, overwrite=overwrite)
 
     @classmethod
@@ -394,6 +423,7 @@ class GRNDiff(TokenReadout):
         self.gate_ = payload.get("gate")
         self.validation_ = pd.DataFrame(payload.get("validation") or {})
         self._adata = None
+        self._var = var_from_state(payload.get("var"))
         return self
 
     def to(self, device) -> "GRNDiff":

@@ -1,4 +1,5 @@
 """GRNDiff end to end on krumsiek11 (tiny): train, sample, predict, save/load, CLI."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,9 @@ def test_gaussian_source_starts_at_the_group_gaussian_and_round_trips(krumsiek, 
                              if k not in ("source.dist.scale", "source._fitted")}
     payload["format_version"] = 1
     torch.save(payload, tmp_path / "g" / "model.pt")
+    meta = json.loads((tmp_path / "g" / "config.json").read_text())
+    meta.pop("model_sha256")  # format-1 saves carried no checksum (a changed model.pt with one is refused)
+    (tmp_path / "g" / "config.json").write_text(json.dumps(meta))
     old = GRNDiff.load(tmp_path / "g")
     assert old.module.hparams.source == {"name": "gaussian", "k": 5, "residual": 1.0, "coupling": "lowrank",
                                          "space": "scaled"}

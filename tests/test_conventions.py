@@ -52,14 +52,25 @@ def test_copy_false_writes_in_place_and_copy_true_leaves_input(fn, token_model):
     assert np.asarray(a.obsm[key]).shape[0] == a.n_obs
 
 
-def test_pathway_tokens_params_and_rank(token_model):
+def test_pathway_tokens_params_and_rank(token_model, tmp_path):
     model, adata = token_model
     a = adata.copy()
     gd.tl.pathway_tokens(model, a)
     assert list(a.obsm["grndiff_tokens"].columns) == model.token_names == ["erythroid", "myeloid"]
-    assert a.uns["grndiff"]["params"]["t"] == 1.0
+    assert a.uns["grndiff_tokens"]["params"]["t"] == 1.0  # key_added is the full key, as in tl.embed
     table = gd.tl.rank_tokens(a, "cell_type", reference="progenitor")
     assert set(table["group"]) == {"Ery", "Mk", "Mo", "Neu"} and (table["rank"] >= 1).all()
+    # stored like sc.tl.rank_genes_groups, and the AnnData still writes
+    stored = a.uns["rank_tokens"]
+    assert stored["params"] == {"groupby": "cell_type", "reference": "progenitor", "key": "grndiff_tokens"}
+    assert stored["table"].equals(table)
+    b = a.copy()
+    tab2, c = gd.tl.rank_tokens(b, "cell_type", reference="progenitor", key_added="r2", copy=True)
+    assert "r2" not in b.uns and "r2" in c.uns and tab2.equals(table)
+    a.write_h5ad(tmp_path / "tokens.h5ad")
+    # the prefix form of earlier versions still reads
+    b.obsm["old_tokens"] = b.obsm["grndiff_tokens"]
+    assert gd.tl.rank_tokens(b, "cell_type", reference="progenitor", key="old").equals(table)
 
 
 def test_lower_layers_never_import_higher_ones():

@@ -208,6 +208,40 @@ def _int8_saturated(X):
     return np.clip(np.round(np.asarray(X) * 1000), 0, 127).astype(np.int8)  # counts clipped at the type's maximum
 
 
+def _int8_wrapped(X):
+    X = np.round(np.asarray(X) * 100).astype(np.int32)
+    X[0, 0] = 200  # a count above 127: int8 wraps it to -56
+    return X.astype(np.int8)
+
+
+def _sample_call(**kw):
+    def make(ctx):
+        args = {"n_cells": 5, "n_steps": 2, **kw}
+        return ctx["adata"], lambda: ctx["model"].sample(**args)
+    return make
+
+
+def _predict_zero_cells(ctx):
+    a = _krumsiek(register=False)[:0].copy()
+    return a, lambda: ctx["model"].predict(a, {"cell_type": "Mk"}, n_steps=2)
+
+
+def _flipped_byte(ctx, path):
+    import shutil
+    shutil.copy(ctx["model_dir"] / "config.json", path.parent / "config.json")  # carries the SHA-256
+    data = bytearray((ctx["model_dir"] / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside a tensor: torch alone loads it without complaint
+    path.write_bytes(bytes(data))
+
+
+def _save_over_other_files(ctx):
+    d = ctx["tmp"] / "notes"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text('{"mine": 1}')
+    (d / "notes.txt").write_text("keep me")
+    return ctx["adata"], lambda: ctx["model"].save(d, overwrite=True)
+
+
 def _kinds_data() -> ad.AnnData:
     """krumsiek11 with knock-outs (the default kind) and activations of Gata2 and Gfi1."""
     a = _krumsiek(register=False)
@@ -309,6 +343,19 @@ BAD_INPUTS = [
     ("perturbation-kind-unknown-word", lambda ctx: (lambda a: (a, lambda: GRNDiff.setup_anndata(
         a, perturbation_key="perturbation", perturbation_kind="crisprx")))(_kinds_data()), ValueError,
      ["perturbation_kind", "'crisprx'", "crispra", "activation"]),
+    ("int8-wrapped-negative", _set(X=_int8_wrapped), ValueError,
+     ["adata.X", "int8", "wrapped around", "-56", "float32 or int32"]),
+    ("sample-n-cells-float", _sample_call(n_cells=2.5), TypeError, ["n_cells", "whole number", "2.5"]),
+    ("sample-n-cells-zero", _sample_call(n_cells=0), ValueError, ["n_cells", "≥ 1", "0"]),
+    ("sample-batch-size-zero", _sample_call(batch_size=0), ValueError, ["batch_size", "≥ 1", "got 0"]),
+    ("sample-n-steps-zero", _sample_call(n_steps=0), ValueError, ["n_steps", "≥ 1", "got 0"]),
+    ("sample-guidance-nan", _sample_call(guidance=float("nan")), ValueError, ["guidance", "finite", "nan"]),
+    ("sample-method-unknown", _sample_call(method="rk4"), ValueError, ["method", "'rk4'", "euler"]),
+    ("predict-zero-cells", _predict_zero_cells, ValueError, ["0 cells", "control cells"]),
+    ("model-file-flipped-byte", _file_case(_flipped_byte), ValueError,
+     ["cannot load", "SHA-256", "config.json", "corrupted"]),
+    ("save-over-other-files", _save_over_other_files, FileExistsError,
+     ["not a saved grndiff model", "notes.txt", "new or empty directory"]),
     ("backed-holdout", _backed_holdout, ValueError, ["holdout=", "backed", "adata.to_memory()"]),
     ("backed-control-source", _backed_control_source, ValueError,
      ["control cell", "streaming from disk", "source='gaussian'", "adata.to_memory()"]),
@@ -713,14 +760,18 @@ def test_quiet_is_scoped_and_never_hides_grndiff_warnings():
     assert [str(w.message)[:5] for w in rec] == ["a grn", "Found"]
 
 
-def test_one_progress_bar_only_on_a_terminal(ctx, monkeypatch, capfd):
+def test_progress_where_the_user_is(ctx, monkeypatch, capfd):
+    """A bar on a terminal (and in Jupyter), plain lines with the loss and the ETA in a log file,
+    nothing when asked for nothing (issue: 3,000 silent steps in `make demo > log`)."""
+    from grndiff import _progress
     from grndiff.train import quiet
 
-    assert quiet.progress_callbacks(True) == (False, [])  # pytest's stderr is not a terminal
-    monkeypatch.setattr(quiet, "stderr_is_terminal", lambda: True)
+    on, cbs = quiet.progress_callbacks(True)  # pytest's stderr is not a terminal: a log
+    assert not on and len(cbs) == 1 and isinstance(cbs[0], quiet.LogProgress)
+    assert quiet.progress_callbacks(False) == (False, [])
+    monkeypatch.setattr(_progress, "stderr_is_terminal", lambda: True)
     on, bars = quiet.progress_callbacks(True)
     assert on and len(bars) == 1 and isinstance(bars[0], quiet.FitProgressBar)
-    assert quiet.progress_callbacks(False) == (False, [])
     capfd.readouterr()
     _small_model(ctx["adata"]).train(max_steps=6, batch_size=64, val_fraction=0.2)
     out = capfd.readouterr()

@@ -44,6 +44,8 @@ def test_tutorial_executes(path, monkeypatch):
     # the kernel ran this very interpreter (the venv), not whatever "python" is first on PATH
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "IProgress not found" not in text and "TqdmWarning" not in text  # progress without ipywidgets
 
 
 def test_kernel_is_this_interpreter():

@@ -54,6 +54,21 @@ def warn(message: str) -> None:
     warnings.warn(message, GRNDiffWarning, stacklevel=level)
 
 
+def warn_case_only_matches(graph, organism: str | None = None) -> None:
+    """Warn when prior names matched the genes only up to case (``GATA1`` ↔ ``Gata1``): right for
+    symbols written differently, wrong when the prior is of another organism (human prior, mouse
+    genes); :meth:`GeneGraph.summary` alone was too quiet for that."""
+    c = getattr(graph, "coverage", None) or {}
+    n = int(c.get("n_case_only_matches") or 0)
+    if not n:
+        return
+    ex = list(getattr(graph, "case_only_examples", None) or [])
+    warn(f"{n:,} prior gene names matched your genes only up to case (e.g. {ex}): the gene names are written "
+         "differently from the prior's. If your data are from "
+         "another organism (mouse symbols such as 'Gata1' against a human prior), pass organism='mouse' or a prior "
+         "of that organism; to match names exactly, pass graph_kwargs={'case_insensitive': False}.")
+
+
 def _labels(values) -> np.ndarray:
     """Values → 1-D object array of str; NaN/None become None (so they can be reported)."""
     if isinstance(values, (pd.Series, pd.Index)):

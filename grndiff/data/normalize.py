@@ -78,6 +78,11 @@ def check_values(X, *, field: str = "adata.X") -> tuple[float, int]:
                if is_counts else "Fix the upstream step that produced them, or pass the raw counts layer "
                "(layer='counts')")
         raise ValueError(f"{field} has {n_nan} NaN and {n_inf} infinite values; expression must be finite. {fix}.")
+    if n_neg and v.dtype.kind == "i" and v.dtype.itemsize <= 2:
+        raise ValueError(f"{field} is stored as {v.dtype} and has {n_neg} negative values (e.g. {ex}): counts above "
+                         f"{np.iinfo(v.dtype).max} wrapped around to negative numbers when converted to {v.dtype}. "
+                         f"Re-read the counts as float32 or int32 (a lossless type) instead of "
+                         f"{field} = {field}.astype(np.{v.dtype})")
     if n_neg:
         fix = ("Raw counts are never negative: re-read this layer from the source files" if is_counts else
                "Pass the counts layer (layer='counts') or the log1p layer saved before scaling")

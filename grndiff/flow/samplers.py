@@ -89,10 +89,11 @@ def _bar(enabled: bool, desc: str, total: int | None):
     """A tqdm bar over ``total`` steps, or over the fraction of the time span when ``total`` is None."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from .._progress import bar  # a bar on a terminal or in Jupyter, occasional lines in a log file
     if total is not None:
-        return tqdm(total=total, desc=desc, leave=False)
-    return tqdm(total=1.0, desc=desc, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+        return bar(total, f"sampling ({desc})", unit="step")
+    return bar(1.0, f"sampling ({desc})", unit="%",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
 
 
 def _grid(t0: float, t1: float, n_steps: int) -> list[float]:

@@ -42,9 +42,16 @@ def _matrix(adata, layer: str | None, name: str):
     sample = X[: min(200, X.shape[0])]
     values = sample.data if sparse.issparse(sample) else np.ravel(sample)
     if values.size and values.max() > 30 and np.allclose(values, np.round(values)):
-        warnings.warn(f"{name} looks like raw counts (integers up to {values.max():.0f}); evaluate() expects "
-                      "log1p-normalised expression, e.g. sc.pp.normalize_total(a, 1e4); sc.pp.log1p(a)",
-                      stacklevel=3)
+        # raw counts: distances on them are meaningless (energy ~100 instead of ~4), so normalise
+        # as `grndiff evaluate` does, and say so
+        from ..data.conditions import warn
+        from ..data.normalize import log1p_cp10k
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        warn(f"evaluate(): {name} ({where}) looks like raw counts (integers up to {values.max():.0f}); it was "
+             "log1p-normalised (counts per 10,000, as `grndiff evaluate` does) before comparing. Pass "
+             "log1p-normalised expression (gd.data.log1p_normalized_copy(adata, layer='counts')) to silence this.")
+        X = log1p_cp10k(X, 1e4)
+        X = X.tocsr() if sparse.issparse(X) else np.asarray(X)
     return X
 
 

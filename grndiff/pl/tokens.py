@@ -1,4 +1,4 @@
-"""Token activities per group: heatmap or dot plot of ``adata.obsm["<key>_tokens"]``."""
+"""Token activities per group: heatmap or dot plot of ``adata.obsm[key]`` (default ``"grndiff_tokens"``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,10 +8,8 @@ from ._figure import finish, new_axes
 
 
 def _token_table(adata, key: str) -> pd.DataFrame:
-    obsm_key = f"{key}_tokens"
-    if obsm_key not in adata.obsm:
-        raise KeyError(f"adata.obsm[{obsm_key!r}] not found; run grndiff.tl.pathway_tokens(model, adata) first")
-    A = adata.obsm[obsm_key]
+    from ..tl.tokens import tokens_key
+    A = adata.obsm[tokens_key(adata, key)]
     if not isinstance(A, pd.DataFrame):
         A = pd.DataFrame(np.asarray(A), columns=[f"token_{i}" for i in range(np.asarray(A).shape[1])])
     return pd.DataFrame(A.to_numpy(dtype=float), index=adata.obs_names, columns=[str(c) for c in A.columns])
@@ -21,7 +19,7 @@ def _short(name: str) -> str:
     return name.removeprefix("HALLMARK_").replace("_", " ").lower() if name.startswith("HALLMARK_") else name
 
 
-def tokens(adata, groupby: str, *, key: str = "grndiff", kind: str = "heatmap", n_top: int | None = 20,
+def tokens(adata, groupby: str, *, key: str = "grndiff_tokens", kind: str = "heatmap", n_top: int | None = 20,
            tokens: list[str] | None = None, standard_scale: bool = True, ax=None, show: bool | None = None,
            save=None, figsize=None):
     """Mean token activity per group.
@@ -29,7 +27,7 @@ def tokens(adata, groupby: str, *, key: str = "grndiff", kind: str = "heatmap", 
     Parameters
     ----------
     adata
-        With ``adata.obsm[f"{key}_tokens"]`` from :func:`grndiff.tl.pathway_tokens`.
+        With ``adata.obsm[key]`` from :func:`grndiff.tl.pathway_tokens`.
     groupby
         Column of ``adata.obs`` (rows of the plot).
     key

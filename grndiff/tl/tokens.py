@@ -7,7 +7,7 @@ from scipy import stats
 
 
 def pathway_tokens(model, adata, *, t: float = 1.0, use_conditions: bool = True, batch_size: int = 512,
-                   key_added: str = "grndiff", copy: bool = False):
+                   key_added: str = "grndiff_tokens", copy: bool = False):
     """Module-token activities of every cell.
 
     Parameters
@@ -19,8 +19,8 @@ def pathway_tokens(model, adata, *, t: float = 1.0, use_conditions: bool = True,
     t
         Flow time at which cells enter the network (1 = observed expression).
     key_added
-        Writes ``adata.obsm[f"{key_added}_tokens"]`` (cells × P, a DataFrame with module names
-        as columns) and ``adata.uns[key_added]["params"]``.
+        The full key, as in :func:`embed` and scanpy: writes ``adata.obsm[key_added]`` (cells × P,
+        a DataFrame with module names as columns) and ``adata.uns[key_added]["params"]``.
     copy
         Return a modified copy instead of writing in place.
 
@@ -31,9 +31,9 @@ def pathway_tokens(model, adata, *, t: float = 1.0, use_conditions: bool = True,
     acts = model.get_token_activities(adata, t=t, use_conditions=use_conditions, batch_size=batch_size)
     adata = adata.copy() if copy else adata
     acts.index = adata.obs_names
-    adata.obsm[f"{key_added}_tokens"] = acts
+    adata.obsm[key_added] = acts
     adata.uns[key_added] = {"params": {"t": float(t), "use_conditions": bool(use_conditions),
-                                       "token_names": list(acts.columns), "obsm_key": f"{key_added}_tokens"}}
+                                       "token_names": list(acts.columns), "obsm_key": key_added}}
     return adata if copy else None
 
 
@@ -46,20 +46,32 @@ def embed(model, adata, *, t: float = 1.0, key_added: str = "X_grndiff", copy: b
     return adata if copy else None
 
 
-def rank_tokens(adata, groupby: str, *, reference: str = "rest", groups=None, key: str = "grndiff") -> pd.DataFrame:
+def tokens_key(adata, key: str) -> str:
+    """The ``obsm`` key of token activities: ``key`` itself (the ``key_added`` of
+    :func:`pathway_tokens`), or ``f"{key}_tokens"`` as earlier versions wrote it."""
+    if key in adata.obsm:
+        return key
+    if f"{key}_tokens" in adata.obsm:
+        return f"{key}_tokens"
+    raise KeyError(f"adata.obsm[{key!r}] not found; run grndiff.tl.pathway_tokens(model, adata, key_added={key!r}) "
+                   f"first (obsm holds {list(adata.obsm.keys())})")
+
+
+def rank_tokens(adata, groupby: str, *, reference: str = "rest", groups=None, key: str = "grndiff_tokens",
+                key_added: str = "rank_tokens", copy: bool = False) -> pd.DataFrame:
     """Rank tokens by their difference between groups (like ``sc.tl.rank_genes_groups``).
 
-    Uses ``adata.obsm[f"{key}_tokens"]`` from :func:`pathway_tokens`. For each group (vs
-    ``reference``, a group label or ``"rest"``): Welch t statistic, mean difference and Cohen's d.
+    Uses ``adata.obsm[key]`` from :func:`pathway_tokens`. For each group (vs ``reference``, a
+    group label or ``"rest"``): Welch t statistic, mean difference and Cohen's d. The table is
+    also stored, like scanpy's, in ``adata.uns[key_added]`` (``{"params": ..., "table": DataFrame}``;
+    on a copy with ``copy=True``, then returned as ``(table, copy)``).
 
     Returns
     -------
     DataFrame with columns ``group, token, score, mean_diff, effect_size, pval, rank`` (rank 1 =
     largest ``|effect_size|`` within the group).
     """
-    obsm_key = f"{key}_tokens"
-    if obsm_key not in adata.obsm:
-        raise KeyError(f"adata.obsm[{obsm_key!r}] not found; run grndiff.tl.pathway_tokens(model, adata) first")
+    obsm_key = tokens_key(adata, key)
     if groupby not in adata.obs:
         raise KeyError(f"adata.obs has no column {groupby!r}; available: {list(adata.obs.columns)}")
     A = adata.obsm[obsm_key]
@@ -85,4 +97,9 @@ def rank_tokens(adata, groupby: str, *, reference: str = "rest", groups=None, ke
         for j, name in enumerate(names):
             rows.append({"group": g, "token": name, "score": float(tstat[j]), "mean_diff": float(diff[j]),
                          "effect_size": float(d[j]), "pval": float(p[j]), "rank": int(rank[j])})
-    return pd.DataFrame(rows).sort_values(["group", "rank"]).reset_index(drop=True)
+    cols = ["group", "token", "score", "mean_diff", "effect_size", "pval", "rank"]
+    table = pd.DataFrame(rows, columns=cols).sort_values(["group", "rank"]).reset_index(drop=True)
+    target = adata.copy() if copy else adata
+    target.uns[key_added] = {"params": {"groupby": groupby, "reference": reference, "key": obsm_key},
+                             "table": table.copy()}
+    return (table, target) if copy else table

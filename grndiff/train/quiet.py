@@ -7,8 +7,9 @@ only (no filter is installed at import); ``verbose=True`` lets everything throug
 grndiff itself (:class:`~grndiff.data.GRNDiffWarning`) are never silenced.
 
 :class:`FitProgressBar` is one bar for the whole fit (steps, not epochs; no validation or sanity
-bars), written to stderr, and :func:`progress_callbacks` adds it only when stderr is a terminal, so
-a log file never fills with carriage-return frames.
+bars), written to stderr on a terminal or in Jupyter; in a log file or a pipe
+:func:`progress_callbacks` uses :class:`LogProgress` instead (a plain line every 5 % of the steps
+with the loss and the ETA), so a log never fills with carriage-return frames and never stays silent.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 import warnings
 from typing import Any
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 # Lightning's own loggers: their INFO records are the banners and tips
@@ -70,10 +71,8 @@ def quiet(verbose: bool = False):
 
 def stderr_is_terminal() -> bool:
     """True when stderr is an interactive terminal (False in a log file, a pipe or CI)."""
-    try:
-        return bool(sys.stderr.isatty())
-    except (AttributeError, ValueError):  # replaced or closed stream
-        return False
+    from .._progress import stderr_is_terminal as is_tty
+    return is_tty()
 
 
 class FitProgressBar(TQDMProgressBar):
@@ -89,9 +88,12 @@ class FitProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer, *_: Any) -> None:
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
         total = int(total) if total != float("inf") else None
-        self.train_progress_bar = Tqdm(desc="training", total=total, initial=trainer.global_step, leave=True,
-                                       dynamic_ncols=True, file=sys.stderr, smoothing=0, disable=self.is_disabled,
-                                       bar_format=self.BAR_FORMAT, unit="step")
+        from .._progress import tqdm_class
+        cls = tqdm_class()  # Jupyter with ipywidgets: the widget bar; else the text bar
+        cls = Tqdm if cls.__module__ == "tqdm.std" else cls
+        self.train_progress_bar = cls(desc="training", total=total, initial=trainer.global_step, leave=True,
+                                      dynamic_ncols=True, file=sys.stderr, smoothing=0, disable=self.is_disabled,
+                                      bar_format=self.BAR_FORMAT, unit="step")
 
     def on_train_epoch_start(self, trainer, *_: Any) -> None:  # one bar for the fit: never reset per epoch
         pass
@@ -113,27 +115,68 @@ class FitProgressBar(TQDMProgressBar):
             bar.close()
 
 
+class LogProgress(Callback):
+    """Training progress for a log file or a pipe (``make demo > log``, CI): a plain line on stderr
+    every 5 % of the steps (at most one per ``min_interval`` seconds, at least one per
+    ``max_interval``), with the loss and the ETA — ``training: step 300/3000 (10%) loss 0.61 ·
+    3m05s elapsed, ETA 27m45s``. A fit shorter than ``min_interval`` writes nothing."""
+
+    def __init__(self, min_interval: float = 10.0, max_interval: float = 60.0, every: int | None = None):
+        self.min_interval, self.max_interval, self.every = min_interval, max_interval, every
+        self.lines = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from .._progress import LogLines
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        total = int(total) if total not in (None, float("inf")) else None
+        self.lines = LogLines(total=total, desc="training", unit="step", every=self.every, initial=trainer.global_step,
+                              min_interval=self.min_interval, max_interval=self.max_interval)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.lines is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs if hasattr(outputs, "item") else None
+        for key in ("train_loss_step", "train_loss"):
+            if loss is None:
+                loss = trainer.callback_metrics.get(key)
+        if loss is not None:
+            self.lines.set_postfix(loss=float(loss))
+        self.lines.set_n(trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.lines is not None:
+            self.lines.n = trainer.global_step
+            self.lines.close()
+            self.lines = None
+
+
 def progress_callbacks(progress_bar: bool) -> tuple[bool, list]:
-    """``(enable_progress_bar, callbacks)`` for a Trainer: one :class:`FitProgressBar` when asked for
-    and stderr is a terminal, else no bar at all."""
-    if progress_bar and stderr_is_terminal():
-        return True, [FitProgressBar()]
-    return False, []
+    """``(enable_progress_bar, callbacks)`` for a Trainer: on a terminal or in Jupyter one
+    :class:`FitProgressBar`; in a log file or a pipe :class:`LogProgress` lines; nothing when
+    ``progress_bar`` is false."""
+    if not progress_bar:
+        return False, []
+    from .._progress import where
+    if where() == "log":
+        return False, [LogProgress()]
+    return True, [FitProgressBar()]
 
 
 def console_kwargs(progress_bar: bool, callbacks: list) -> dict:
-    """``enable_progress_bar`` and ``callbacks`` for a Trainer: ``callbacks`` plus, when asked for
-    and stderr is a terminal, one :class:`FitProgressBar`."""
+    """``enable_progress_bar`` and ``callbacks`` for a Trainer: ``callbacks`` plus the progress
+    display of :func:`progress_callbacks`."""
     on, bars = progress_callbacks(progress_bar)
     return {"enable_progress_bar": on, "callbacks": list(callbacks) + bars}
 
 
 def one_progress_bar(trainer) -> None:
-    """In a built Trainer (the CLI's), replace Lightning's default bar by :class:`FitProgressBar`,
-    or remove it when stderr is not a terminal."""
+    """In a built Trainer (the CLI's), replace Lightning's default bar by :class:`FitProgressBar`
+    (terminal, Jupyter) or by :class:`LogProgress` lines (a log file or a pipe)."""
+    from .._progress import where
     for i, cb in enumerate(list(trainer.callbacks)):
         if type(cb) is TQDMProgressBar:
-            if stderr_is_terminal():
-                trainer.callbacks[i] = FitProgressBar()
-            else:
+            if where() == "log":
                 trainer.callbacks.remove(cb)
+                trainer.callbacks.append(LogProgress())
+            else:
+                trainer.callbacks[i] = FitProgressBar()
