@@ -120,3 +120,18 @@ def test_context_conditioning_off_hides_the_context_from_the_network(kang_small)
     assert seen["cell_type"].eq(0).all() and torch.equal(seen["condition"], torch.tensor([2, 2, 1]))
     on = gd.GRNDiff(kang_small, prior="collectri", modules=None, hidden=8, depth=1, token_depth=0)
     assert torch.equal(on.module.net_conditions({"cell_type": torch.tensor([3])})["cell_type"], torch.tensor([3]))
+
+
+def test_default_coupling_trains_kang_exactly_as_the_lowrank_one(kang_small):
+    """coupling='auto' changes nothing where the perturbation was seen in several contexts (Kang)."""
+    import torch
+    kw = dict(prior="collectri", modules=None, hidden=8, depth=1, token_depth=0, seed=3)
+    auto = gd.GRNDiff(kang_small, **kw).train(max_steps=5, max_epochs=100, progress_bar=False, gate=False)
+    low = gd.GRNDiff(kang_small, source={"name": "shifted_control", "coupling": "lowrank"}, **kw)
+    low.train(max_steps=5, max_epochs=100, progress_bar=False, gate=False)
+    assert auto.config["source"]["coupling"] == "auto"
+    for (k, a), (_, b) in zip(auto.module.net.state_dict().items(), low.module.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    ctrl = kang_small[(kang_small.obs["condition"] == "ctrl").to_numpy()][:20].copy()
+    np.testing.assert_array_equal(auto.predict(ctrl, {"condition": "stim"}, n_steps=3).X,
+                                  low.predict(ctrl, {"condition": "stim"}, n_steps=3).X)

@@ -145,3 +145,39 @@ def test_residual_coupling_for_a_perturbation_seen_in_one_context_leaves_the_per
     q = [i for i, lb in enumerate(src.pair_label.tolist()) if src.label_table[lb][0] == 2][0]  # perturbation 2
     err = src.pair_err[q]  # pooled shift of 3 and 4 (+1.5 on genes 1, 2) minus its own (+3 on gene 0)
     assert err[0] < -2.0 and err[1] > 1.0 and err[2] > 1.0
+
+
+def test_auto_coupling_is_lowrank_for_perturbations_seen_in_several_contexts_residual_otherwise():
+    x, cond = _data(4)  # "stim" seen in three contexts
+    control = cond["condition"] == 1
+    auto = _source().fit(x, cond, None, control)
+    assert auto.coupling == "auto"
+    low = _source(coupling="lowrank").fit(x, cond, None, control)
+    c = {k: v[::7] for k, v in cond.items()}
+    x1, xc = x[::7], x[1::7][: x[::7].shape[0]]
+    torch.testing.assert_close(auto.pair(x1, c, None, xc), low.pair(x1, c, None, xc))
+    v = torch.randn(x1.shape)
+    torch.testing.assert_close(auto.constrain(v, c, None), low.constrain(v, c, None))
+    # a perturbation never seen (code 3 is not in the bank) moves freely; control cells do not
+    unseen = {"cell_type": torch.tensor([1, 1]), "condition": torch.tensor([3, 1])}
+    out = auto.constrain(v[:2], unseen, None)
+    torch.testing.assert_close(out[0], v[0])
+    torch.testing.assert_close(out[1], low.constrain(v[1:2])[0])
+    # knock-out style (one context, several perturbations): auto equals residual
+    g = torch.Generator().manual_seed(1)
+    xs, lab = [], []
+    for code, gene in ((1, None), (2, 0), (3, 1), (4, 2)):
+        xk = 0.1 * torch.randn(30, G, generator=g)
+        if gene is not None:
+            xk[:, gene] += 3.0
+        xs.append(xk)
+        lab += [code] * 30
+    xk, ck = torch.cat(xs), {"cell_type": torch.ones(len(lab), dtype=torch.long), "condition": torch.tensor(lab)}
+    a2 = _source().fit(xk, ck, None, ck["condition"] == 1)
+    r2 = _source(coupling="residual").fit(xk, ck, None, ck["condition"] == 1)
+    sel = ck["condition"] > 1
+    csel = {k: v_[sel] for k, v_ in ck.items()}
+    torch.testing.assert_close(a2.pair(xk[sel], csel, None, xk[:int(sel.sum())]),
+                               r2.pair(xk[sel], csel, None, xk[:int(sel.sum())]))
+    w = torch.randn(int(sel.sum()), G)
+    torch.testing.assert_close(a2.constrain(w, csel, None), w)

@@ -25,7 +25,8 @@ The contract (:class:`Source`), in the model's per-gene standardised units, shap
 - ``pair(x1, cond, pert, x_ctrl, generator)`` → ``x₀`` for training;
 - ``draw(n, cond, pert, seed=, generator=)`` → ``x₀`` for generation;
 - ``transport(x_ctrl, cond, pert)`` → ``x₀`` for counterfactual prediction (``can_transport``);
-- ``constrain(v)`` → the velocity the flow may use (e.g. kept off the source's axes).
+- ``constrain(v, cond=, pert=)`` → the velocity the flow may use (e.g. kept off the source's axes,
+  for some cells).
 """
 from __future__ import annotations
 
@@ -130,8 +131,9 @@ class Source(nn.Module):
             "source='shifted_control' (or 'control'), after registering the control cells in setup_anndata "
             "(perturbation_key=... with control=..., or control_obs={'condition': 'ctrl'}).")
 
-    def constrain(self, v: torch.Tensor) -> torch.Tensor:
-        """The velocity (B, G) the flow may use; identity unless the source fixes a low-rank state."""
+    def constrain(self, v: torch.Tensor, cond: dict | None = None, pert: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity (B, G) the flow may use for cells with conditions ``cond``/``pert``;
+        identity unless the source fixes a low-rank state."""
         return v
 
     def unseen(self, cond: dict | None, n: int) -> torch.Tensor:
@@ -282,7 +284,7 @@ class GaussianSource(Source):
     def draw(self, n, cond=None, pert=None, *, seed=None, generator=None, device=None, dtype=torch.float32):
         return self.dist.sample(self.groups(cond, n), seed=seed, generator=generator, device=device, dtype=dtype)
 
-    def constrain(self, v):
+    def constrain(self, v, cond=None, pert=None):
         return self.dist.project_off(v) if self.coupling == "lowrank" else v
 
     def unseen(self, cond, n):

@@ -228,17 +228,17 @@ class FlowModule(L.LightningModule):
         xt = flow.interpolate(x0, x1, t)
         target = flow.target_velocity(x0, x1)
         pooling = getattr(self.net, "pooling", None)
-        cond = self.net_conditions(cond)
+        seen = self.net_conditions(cond)
         if pooling is not None and self.hparams.token_aux_weight > 0:
-            out, extras = self.net(xt, t, cond, pert, return_tokens=True)
+            out, extras = self.net(xt, t, seen, pert, return_tokens=True)
             aux = (extras["activity"] - pooling.pool_values(x1).detach()).square().mean()
-            return flow.flow_loss(self._as_velocity(out, xt, t), target) + self.hparams.token_aux_weight * aux
-        return flow.flow_loss(self._as_velocity(self.net(xt, t, cond, pert), xt, t), target)
+            return flow.flow_loss(self._as_velocity(out, xt, t, cond, pert), target) + self.hparams.token_aux_weight * aux
+        return flow.flow_loss(self._as_velocity(self.net(xt, t, seen, pert), xt, t, cond, pert), target)
 
-    def _as_velocity(self, out: torch.Tensor, xt: torch.Tensor, t) -> torch.Tensor:
+    def _as_velocity(self, out: torch.Tensor, xt: torch.Tensor, t, cond=None, pert=None) -> torch.Tensor:
         if self.hparams.prediction == "data":
             out = flow.velocity_from_data(out, xt, t)
-        return self.source.constrain(out)
+        return self.source.constrain(out, cond=cond, pert=pert)
 
     def velocity(self, net: nn.Module, x: torch.Tensor, t, cond=None, pert=None, guidance: float = 1.0) -> torch.Tensor:
         """The flow's velocity (B, G) from ``net`` at ``x`` (B, G), ``t``, with CFG weight ``guidance``.
@@ -248,7 +248,7 @@ class FlowModule(L.LightningModule):
         """
         out = net.forward_with_cfg(x, t, self.net_conditions(cond), pert, guidance=guidance)
         tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
-        return self._as_velocity(out, x, tt.expand(x.shape[0]) if tt.dim() == 0 else tt)
+        return self._as_velocity(out, x, tt.expand(x.shape[0]) if tt.dim() == 0 else tt, cond, pert)
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
