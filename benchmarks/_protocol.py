@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-
 from _results import record
 
 TOP = 20

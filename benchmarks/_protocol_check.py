@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "expression" / "kang2018_pbmc_ifnb_1556.h5ad"
+DEFAULT_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "expression"
+                / "kang2018_pbmc_ifnb_1556.h5ad")
 GROUPBY = ["cluster_id", "group_id"]
 
 

@@ -83,21 +83,21 @@ if str(BENCH_DIR.parent) not in sys.path:  # run from a checkout without `pip in
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from _results import (RESULTS_DIR, command_string, record, seed_spread_markdown,  # noqa: E402
-                      write_results)
+from _results import RESULTS_DIR, command_string, record, seed_spread_markdown, write_results  # noqa: E402
 
 NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "gaussian_source_scaled", "mlp", "pca_flow")
-METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only", "grndiff",
-           "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled", "grndiff_random",
+METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only",
+           "grndiff", "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled",
+           "grndiff_random",
            # the package's source options one at a time (every other GRNDiff row uses the defaults: Gaussian
            # source with axes in log1p units, low-rank coupling)
            "grndiff_independent", "mlp_independent", "grndiff_scaled", "gaussian_source_scaled")
 RENAME = {"wasserstein2": "w2"}
-METRIC_ORDER = ("energy_distance", "energy_distance_clip0", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
-                "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled", "train_seconds")
+METRIC_ORDER = ("energy_distance", "energy_distance_clip0", "mmd_rbf", "w2", "classifier_auc", "mean_pearson",
+                "var_pearson", "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled",
+                "train_seconds")
 DATASETS = {
     "kang2018": dict(loader="kang2018", conditions=["cell_type", "condition"], symbol_key=None),
     "kang2018_ctrl": dict(loader="kang2018_ctrl", conditions=["cell_type", "donor"], symbol_key="feature"),
@@ -173,7 +173,8 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
 
     method, opts = _source_options(method)
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
-    src = {"name": "gaussian", "k": source_comps, "residual": source_residual, **opts} if source == "gaussian" else source
+    src = ({"name": "gaussian", "k": source_comps, "residual": source_residual, **opts} if source == "gaussian"
+           else source)
     base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction or "velocity", source=src)
     kw = {
         "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
@@ -228,8 +229,9 @@ def _train_pca_flow(Xtrain, labels_df, *, n_pcs, steps, seed, batch_size, lr, em
     ema = EMA(net, ema_decay)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     warm = min(100, max(steps // 10, 1))  # the FlowModule schedule: linear warm-up, cosine to 5 %
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
-                                              0.05 + 0.475 * (1 + math.cos(math.pi * min((s - warm) / max(steps - warm, 1), 1))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else
+        0.05 + 0.475 * (1 + math.cos(math.pi * min((s - warm) / max(steps - warm, 1), 1))))
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(steps):
@@ -281,10 +283,10 @@ def _scvi_generate(train, keys, counts_per_group, *, seed, max_epochs, symbol_ke
     for g, n in counts_per_group.items():
         parts = g.split(" | ")
         cat = np.stack([np.full(n, list(mappings[k]).index(parts[i])) for i, k in enumerate(keys)], 1)
-        l = rng.choice(lib[groups == g], size=n)
+        libsize = rng.choice(lib[groups == g], size=n)
         with torch.no_grad():
             z = torch.as_tensor(rng.standard_normal((n, module.n_latent)), dtype=torch.float32)
-            out = module.generative(z=z, library=torch.as_tensor(l[:, None], dtype=torch.float32),
+            out = module.generative(z=z, library=torch.as_tensor(libsize[:, None], dtype=torch.float32),
                                     batch_index=torch.zeros(n, 1, dtype=torch.long),
                                     cat_covs=torch.as_tensor(cat, dtype=torch.long))
             torch.manual_seed(int(rng.integers(2**31)))
@@ -349,12 +351,15 @@ def run_one(ds, method, seed, data, cfg, log):
                                                                real_train.obs["group"].astype(str).to_numpy())
         Xg, lab = g.sample(counts, seed=seed)
         gen = _generated_anndata(Xg, lab, real_test.var, keys)
-        return score(real_test, gen, real_all, prior_var, ds, method, seed, time.time() - t0), "GaussianPCA(30, clip=False)"
+        return (score(real_test, gen, real_all, prior_var, ds, method, seed, time.time() - t0),
+                "GaussianPCA(30, clip=False)")
     if method == "scvi":
         train = adata[train_idx].copy()
-        X, lab, ts = _scvi_generate(train, keys, counts, seed=seed, max_epochs=cfg["scvi_epochs"], symbol_key=symbol_key)
+        X, lab, ts = _scvi_generate(train, keys, counts, seed=seed, max_epochs=cfg["scvi_epochs"],
+                                    symbol_key=symbol_key)
         gen = _generated_anndata(X, lab, real_test.var, keys)
-        return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), f"SCVI(n_latent=10), {cfg['scvi_epochs']} epochs"
+        return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
+                f"SCVI(n_latent=10), {cfg['scvi_epochs']} epochs")
     if method == "pca_flow":
         t0 = time.time()
         sampler = _train_pca_flow(_dense(real_train.X), real_train.obs[keys], n_pcs=min(50, cfg["n_pcs_flow"]),
@@ -363,7 +368,8 @@ def run_one(ds, method, seed, data, cfg, log):
         ts = time.time() - t0
         Xg = sampler(cond_df, seed, cfg["n_steps"])
         gen = _generated_anndata(Xg, labels, real_test.var, keys)
-        return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), f"MLPVelocity on {cfg['n_pcs_flow']} PCs"
+        return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
+                f"MLPVelocity on {cfg['n_pcs_flow']} PCs")
     # GRNDiff backbones
     train = adata[train_idx].copy()
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=keys, symbol_key=symbol_key)
@@ -512,7 +518,8 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     bad = (set(datasets) - set(DATASETS)) | (set(methods) - set(METHODS))
     if bad:
-        raise SystemExit(f"unknown data set(s)/method(s) {sorted(bad)}; choose from {list(DATASETS)} and {list(METHODS)}")
+        raise SystemExit(f"unknown data set(s)/method(s) {sorted(bad)}; "
+                         f"choose from {list(DATASETS)} and {list(METHODS)}")
     if args.quick:
         datasets = ["kang2018"]
         args.steps, args.steps_ctrl, args.seeds, args.deep_seeds = 30, 30, 1, 1

@@ -47,8 +47,17 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (average_groups, dense, log_expression, papalexi_measured, quiet,  # noqa: E402
-                       reference_pca, score_ceiling, score_perturbation, seed_summary)
+from _protocol import (  # noqa: E402
+    average_groups,
+    dense,
+    log_expression,
+    papalexi_measured,
+    quiet,
+    reference_pca,
+    score_ceiling,
+    score_perturbation,
+    seed_summary,
+)
 from _results import command_string, record, write_results  # noqa: E402
 
 SIM = {"sim_ds2": "ds2", "sim_ds3": "ds3", "sim_ds1_double": "ds1"}
@@ -62,9 +71,10 @@ PAPALEXI_VARIANTS = ("grndiff", "grndiff_modules", "grndiff_both", "grndiff_shuf
 def sim_data(dataset: str, cells: int, quick: bool, cache: str):
     """Control + knock-outs of one SERGIO network (cached as h5ad in ``cache``)."""
     import anndata as ad
-    import grndiff as gd
     import ko_sim
     import sergio
+
+    import grndiff as gd
     path = os.path.join(cache, f"{dataset}.h5ad")
     if os.path.exists(path):
         adata = ad.read_h5ad(path)

@@ -40,9 +40,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
 from _results import command_string, record, write_results  # noqa: E402
+from scipy import stats  # noqa: E402
 
 IFN = {"rank_ifn_alpha": "HALLMARK_INTERFERON_ALPHA_RESPONSE",
        "rank_ifn_gamma": "HALLMARK_INTERFERON_GAMMA_RESPONSE"}

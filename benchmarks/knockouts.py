@@ -49,8 +49,15 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (average_groups, dense, log_expression, quiet, reference_pca, score_ceiling,  # noqa: E402
-                       score_perturbation)
+from _protocol import (  # noqa: E402
+    average_groups,
+    dense,
+    log_expression,
+    quiet,
+    reference_pca,
+    score_ceiling,
+    score_perturbation,
+)
 from _results import command_string, record, write_results  # noqa: E402
 from perturbation import _control_subset, _gate_records, _predictions, _summary, papalexi_folds  # noqa: E402
 
@@ -127,7 +134,8 @@ def run_job(job: dict) -> list[dict]:
     secs = time.perf_counter() - t0
     for row in vals:
         recs.append(record("papalexi2021", row, "train_seconds", secs, seed=seed, group=f"fold{fold}"))
-    print(f"  fold {fold} seed {seed} {name:<20s} " + "; ".join(f"{r} ρΔ20 {np.nanmean(v):.3f}" for r, v in vals.items())
+    print(f"  fold {fold} seed {seed} {name:<20s} "
+          + "; ".join(f"{r} ρΔ20 {np.nanmean(v):.3f}" for r, v in vals.items())
           + f" ({secs:.0f}s, {model.graph.n_latent} latent nodes)", flush=True)
     return recs
 

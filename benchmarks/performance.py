@@ -122,8 +122,8 @@ class SparseAwareFlops:
     dense (G, n) one as a dense ``2·G·G·n``, which at G = 20,000 exceeds the machine's peak)."""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
         import torch  # noqa: PLC0415
+        from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
 
         outer = self
         self.dense_counted, self.true_cost = 0, 0
@@ -368,8 +368,14 @@ def child_backed(args) -> dict:
     import numpy as np  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
-    from grndiff.data import (BackedCSR, BackedDataModule, CellData, GRNDataModule, log1p_cp10k,  # noqa: PLC0415
-                              streaming_scaler)
+    from grndiff.data import (  # noqa: PLC0415
+        BackedCSR,
+        BackedDataModule,
+        CellData,
+        GRNDataModule,
+        log1p_cp10k,
+        streaming_scaler,
+    )
     from grndiff.train import FlowModule  # noqa: PLC0415
 
     reader = BackedCSR(args.path)
@@ -553,11 +559,13 @@ def section_backed(args, recs, extra):
                 recs.append(record(ds, mode, "full_pass_cells_per_s", r["full_pass"]["cells_per_s"]))
         if all("error" not in r for r in res.values()):
             b, m = res["backed"], res["in_memory"]
-            recs.append(record(ds, "backed", "train_slowdown_vs_in_memory", m["train_cells_per_s"] / b["train_cells_per_s"]))
+            recs.append(record(ds, "backed", "train_slowdown_vs_in_memory",
+                               m["train_cells_per_s"] / b["train_cells_per_s"]))
             recs.append(record(ds, "backed", "loader_slowdown_vs_in_memory",
                                m["loader_cells_per_s"] / b["loader_cells_per_s"]))
             extra["backed_detail"] = {"subset_cells": p["subset"], "full_pass_cells": b["full_pass"]["cells"],
-                                      "train_steps": p["train_steps"], "graph": {"genes": b["genes"], "edges": b["edges"]}}
+                                      "train_steps": p["train_steps"],
+                                      "graph": {"genes": b["genes"], "edges": b["edges"]}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,8 +46,17 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (average_groups, dense, log_expression, papalexi_measured, quiet,  # noqa: E402
-                       reference_pca, score_ceiling, score_perturbation, seed_summary)
+from _protocol import (  # noqa: E402
+    average_groups,
+    dense,
+    log_expression,
+    papalexi_measured,
+    quiet,
+    reference_pca,
+    score_ceiling,
+    score_perturbation,
+    seed_summary,
+)
 from _results import command_string, record, write_results  # noqa: E402
 
 DEFAULT_PARTS = ("kang", "papalexi")
@@ -244,8 +253,8 @@ def _summary(records) -> list[str]:
             cells = []
             for _, r in dm.iterrows():
                 sd = f" ± {r['sd']:.3f}" if r["n"] > 1 else ""
-                cells.append(f"{r['metric'].replace('pearson_delta_top20', 'ρΔ20').replace('energy_distance', 'energy')} "
-                             f"{r['mean']:.3f}{sd}")
+                metric = r["metric"].replace("pearson_delta_top20", "ρΔ20").replace("energy_distance", "energy")
+                cells.append(f"{metric} {r['mean']:.3f}{sd}")
             parts.append(f"{meth}: " + ", ".join(cells))
         out.append(f"summary {ds} group={grp} (mean ± sd over seeds): " + "; ".join(parts))
     return out
@@ -274,7 +283,8 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="wall budget: grndiff jobs not started by then are skipped (listed in the notes); 0 runs "
                     "only the baselines, the peers and cell-eval")
-    ap.add_argument("--variants", default="grndiff", help=f"trained grndiff variants, comma-separated, of {list(VARIANTS)}")
+    ap.add_argument("--variants", default="grndiff",
+                    help=f"trained grndiff variants, comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--shift-rows", default="yes", choices=("yes", "no"),
                     help="also run the untrained rows (grndiff_shift, grndiff_shift_knn)")
     ap.add_argument("--name", default="perturbation")

@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _results import command_string, record, write_results  # noqa: E402
 import sergio as S  # noqa: E402
+from _results import command_string, record, write_results  # noqa: E402
 
 
 def signal(net: str, noise: str | None, n_cells: int = 100, seed: int = 0) -> dict:
@@ -70,7 +70,8 @@ def signal(net: str, noise: str | None, n_cells: int = 100, seed: int = 0) -> di
         near = np.flatnonzero((np.abs(hops[0]) + np.abs(hops[1])) > 0)
         if near.size > 2:
             spec.append(np.corrcoef(prop[near], (D[i] - others)[near])[0, 1])
-        gain.append(np.corrcoef((others + 0.5 * prop)[top], D[i][top])[0, 1] - np.corrcoef(others[top], D[i][top])[0, 1])
+        gain.append(np.corrcoef((others + 0.5 * prop)[top], D[i][top])[0, 1]
+                    - np.corrcoef(others[top], D[i][top])[0, 1])
     return {"delta_pairwise_corr": float(C[np.triu_indices(len(regs), 1)].mean()),
             "frac_top20_descendants": float(np.mean(frac)),
             "propagation_corr_specific": float(np.nanmean(spec)),

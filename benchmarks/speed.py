@@ -85,7 +85,9 @@ def speed_adata(n_genes: int, n_cells: int, seed: int = 0):
     src = src[np.sort(rng.choice(src.n_obs, min(n_cells, src.n_obs), replace=False))]
     symbols = pd.Index(src.var["feature"].astype(str))
     keep = ~symbols.duplicated()
-    X = sp.csc_matrix(src.layers["counts"] if "counts" in src.layers else src.X)[:, np.flatnonzero(keep)]
+    # not src.layers.get("counts", src.X): that would copy src.X (src is a view) even when counts exist
+    raw = src.layers["counts"] if "counts" in src.layers else src.X  # noqa: SIM401
+    X = sp.csc_matrix(raw)[:, np.flatnonzero(keep)]
     symbols = symbols[keep]
     df = priors.load("collectri")
     universe = set(df["source"]) | set(df["target"])
@@ -166,10 +168,10 @@ def child(cfg: dict) -> dict:
     """Build the default model on ``cfg['path']`` and time training and sampling (this process only)."""
     import anndata as ad  # noqa: PLC0415
     import torch  # noqa: PLC0415
+    from performance import SparseAwareFlops  # noqa: PLC0415
 
     import grndiff  # noqa: PLC0415
     import grndiff.model  # noqa: F401, PLC0415  (a package that manages threads sees torch's default first)
-    from performance import SparseAwareFlops  # noqa: PLC0415
 
     torch.set_num_threads(cfg["threads"])  # the same for every revision (a user's choice the package keeps)
 
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 group = f"G{G}_B{p['batch']}"
                 for method, tree in revs:
                     if method != "grndiff" and args.compare_max_genes and G > args.compare_max_genes:
-                        extra["errors"][f"{method}/{group}"] = f"skipped: above --compare-max-genes {args.compare_max_genes}"
+                        extra["errors"][f"{method}/{group}"] = (
+                            f"skipped: above --compare-max-genes {args.compare_max_genes}")
                         continue
                     cfg = dict(path=str(path), threads=args.threads, batch=p["batch"], warmup=p["warmup"],
                                repeats=p["repeats"], sample_cells=p["sample_cells"], sample_steps=p["sample_steps"],

@@ -26,13 +26,12 @@ def _import(module: str):
     # would undo the filters that other packages install when imported)
     import sys
     if "ipykernel" in sys.modules and "tqdm.autonotebook" not in sys.modules:
+        import contextlib
         import warnings
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="IProgress not found")
-            try:
+            with contextlib.suppress(ImportError):
                 importlib.import_module("tqdm.autonotebook")
-            except ImportError:
-                pass
     return importlib.import_module(module)
 
 

@@ -11,10 +11,7 @@ import numpy as np
 def check_count(name: str, value, *, minimum: int = 1) -> int:
     """``value`` as an ``int`` ≥ ``minimum``; refuses floats (``2.5``), bools and strings."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and float(value).is_integer():
-            hint = f"; pass {name}={int(value)}"
-        else:
-            hint = ""
+        hint = f"; pass {name}={int(value)}" if isinstance(value, numbers.Real) and float(value).is_integer() else ""
         raise TypeError(f"{name} must be a whole number ≥ {minimum}, got {value!r} ({type(value).__name__}){hint}")
     if int(value) < minimum:
         raise ValueError(f"{name} must be ≥ {minimum}, got {int(value)}")

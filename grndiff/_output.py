@@ -81,7 +81,8 @@ def check_predict_input(model, adata_ctrl, conditions) -> None:
     missing = [k for k in model.processor.conditions.keys
                if k not in skip and k not in adata_ctrl.obs.columns and k not in conditions]
     if missing:
+        pronoun = "it" if len(missing) == 1 else "them"
         warn(f"predict(): the cells have no obs column {missing} and conditions= does not give "
-             f"{'it' if len(missing) == 1 else 'them'}, so the model predicts without {'it' if len(missing) == 1 else 'them'} "
+             f"{pronoun}, so the model predicts without {pronoun} "
              f"(unconditional, null token). Add the column(s) to adata.obs, or give the value(s) in conditions=, "
              f"e.g. conditions={{{missing[0]!r}: ..., ...}}.")

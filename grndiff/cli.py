@@ -51,7 +51,8 @@ def _data_module_class():
                      condition_keys: list[str] | None = None, continuous_keys: list[str] | None = None,
                      set_keys: list[str] | None = None, hierarchy: list[str] | None = None,
                      perturbation_key: str | None = None, control: str = "control", control_obs: dict | None = None,
-                     symbol_key: str | None = None, prior: str | list[str] | None = "collectri", modules: str | None = "hallmark",
+                     symbol_key: str | None = None, prior: str | list[str] | None = "collectri",
+                     modules: str | None = "hallmark",
                      organism: str = "human", add_reverse: bool = False, batch_size: int = 128,
                      val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
                      match_keys: list[str] | None = None, num_workers: int = 0):
@@ -79,8 +80,8 @@ def _data_module_class():
             return module_inputs(self.graph, self.processor, self.hparams.match_keys)
 
         def export_state(self, model_hparams: dict) -> dict:
-            from .train.inputs import config_from_hparams
             from .data import get_setup
+            from .train.inputs import config_from_hparams
             hp = self.hparams
             cfg = config_from_hparams(model_hparams, prior=hp.prior, modules=hp.modules, organism=hp.organism,
                                       match_keys=hp.match_keys)
@@ -96,7 +97,8 @@ def _data_module_class():
                                             batch_size=hp.batch_size, val_fraction=hp.val_fraction,
                                             split_seed=hp.split_seed, stratify_key=hp.stratify_key,
                                             source="control" if self.with_controls else "noise",
-                                            match_keys=hp.match_keys, control_mask=self.processor.control_mask(self.adata),
+                                            match_keys=hp.match_keys,
+                                            control_mask=self.processor.control_mask(self.adata),
                                             num_workers=hp.num_workers)
             return self._inner
 
@@ -283,8 +285,8 @@ def cmd_sample(args) -> None:
 def cmd_evaluate(args) -> None:
     import anndata as ad
 
-    from .metrics import evaluate
     from .data import log1p_normalized_copy
+    from .metrics import evaluate
     for flag, path in (("--real", args.real), ("--generated", args.generated)):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{flag}: no .h5ad file at {path!r}")
@@ -325,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
 def _one_line(e: BaseException) -> str:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     msg = " ".join(str(msg).split()) or type(e).__name__
-    return msg if isinstance(e, (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, PermissionError)) else f"{type(e).__name__}: {msg}"
+    plain = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, PermissionError)
+    return msg if isinstance(e, plain) else f"{type(e).__name__}: {msg}"
 
 
 def _run_fit(argv: list[str], from_shell: bool, verbose: bool) -> None:
@@ -343,7 +346,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate cells from a saved model")
     s.add_argument("--ckpt", required=True, help="model directory (GRNDiff.save / --export) or Lightning .ckpt")
     s.add_argument("--n-cells", type=int, default=500)
-    s.add_argument("--conditions", nargs="*", default=[], help='key=value pairs, e.g. cell_type="B cells" condition=stim')
+    s.add_argument("--conditions", nargs="*", default=[],
+                   help='key=value pairs, e.g. cell_type="B cells" condition=stim')
     s.add_argument("--n-steps", type=int, default=50)
     s.add_argument("--method", default="euler", choices=["euler", "heun", "dopri5"])
     s.add_argument("--guidance", type=float, default=1.0)

@@ -26,13 +26,14 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     adata = datasets.kang2018()
-    adata.obs["group"] = (adata.obs["cell_type"].astype(str) + " | " + adata.obs["condition"].astype(str)).astype("category")
+    adata.obs["group"] = (adata.obs["cell_type"].astype(str) + " | "
+                          + adata.obs["condition"].astype(str)).astype("category")
     train_idx, test_idx = split_indices(adata.obs, val_fraction=0.2, seed=seed, stratify_key="group")
     train, test = adata[train_idx].copy(), adata[test_idx].copy()
     real_all = log1p_normalized_copy(adata, layer="counts")
     real_test = real_all[test_idx].copy()
-    print(f"[grndiff demo] kang2018: {adata.n_obs} cells × {adata.n_vars} genes; train {train.n_obs}, held-out {test.n_obs}",
-          flush=True)  # a log file sees each line as it happens
+    print(f"[grndiff demo] kang2018: {adata.n_obs} cells × {adata.n_vars} genes; "
+          f"train {train.n_obs}, held-out {test.n_obs}", flush=True)  # a log file sees each line as it happens
 
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=["cell_type", "condition"])
     steps = 150 if quick else 1500
@@ -80,7 +81,8 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
     table.to_csv(out_dir / "metrics.csv")
 
     # UMAP of held-out real vs grndiff-generated cells
-    both = ad.concat({"real": real_test, "grndiff": generated["grndiff"]}, label="source", join="inner", index_unique="-")
+    both = ad.concat({"real": real_test, "grndiff": generated["grndiff"]}, label="source", join="inner",
+                     index_unique="-")
     sc.pp.pca(both, n_comps=30, random_state=seed)
     sc.pp.neighbors(both, random_state=seed)
     sc.tl.umap(both, random_state=seed)
@@ -92,7 +94,8 @@ def run_demo(out: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> p
                         "train_seconds") if c in table.columns]
     md = ["# grndiff demo report", "",
           f"Kang et al. 2018 PBMCs (IFN-β), {adata.n_obs} cells × {adata.n_vars} genes; 80/20 split stratified "
-          f"by cell type × condition (seed {seed}); {steps} training steps; generated as many cells per group as held out.",
+          f"by cell type × condition (seed {seed}); {steps} training steps; "
+          "generated as many cells per group as held out.",
           "Distances in the 30-PC space of all real cells (lower is better; `real_vs_real` = train vs held-out real "
           "cells, the metric's resolution); Pearson of per-gene means/variances (higher is better); classifier AUC "
           "(0.5 = indistinguishable).", "",

@@ -106,7 +106,8 @@ def gate_split(obs: pd.DataFrame, control: np.ndarray, setup: dict, match_keys, 
         chosen = set(rng.permutation(np.array(pool, dtype=object))[:n].tolist())
         picked = [k for k in usable if k[0] in chosen]
     else:
-        return (f"{len(contexts_of)} perturbation(s) seen in at most {max((len(v) for v in contexts_of.values()), default=0)}"
+        most = max((len(v) for v in contexts_of.values()), default=0)
+        return (f"{len(contexts_of)} perturbation(s) seen in at most {most}"
                 f" context(s): the gate needs {MIN_GROUPS} contexts of one perturbation or {MIN_GROUPS} perturbations "
                 "to hide one")
     hidden = np.zeros(len(obs), dtype=bool)

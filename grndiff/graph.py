@@ -194,7 +194,8 @@ class GeneGraph:
                          "kept prior edge (they keep a self-loop" + (", plus kNN in-edges)" if counts[3] else ")"))
             if self.n_latent or c.get("n_perturbed_unmeasured"):
                 lines.append(f"  latent: {self.n_latent:,} unmeasured prior genes are nodes without expression "
-                             f"({c.get('n_latent_perturbed', 0):,} perturbed, {c.get('n_latent_path', 0):,} on paths of "
+                             f"({c.get('n_latent_perturbed', 0):,} perturbed, "
+                             f"{c.get('n_latent_path', 0):,} on paths of "
                              f"≤ {c.get('latent_hops', '?')} edges from them to measured genes; "
                              f"{c.get('n_edges_latent', 0):,} edges touch them)")
                 if c.get("n_latent_path_dropped"):
@@ -204,8 +205,8 @@ class GeneGraph:
                                  f"within {c.get('latent_hops')} prior edges (their flag acts only through the "
                                  "global perturbation summary); raise latent_hops= or add a prior")
                 if c.get("n_perturbed_not_in_prior"):
-                    lines.append(f"  latent: {c['n_perturbed_not_in_prior']:,} perturbed genes are neither measured nor "
-                                 "in the prior and were dropped (allow_missing_genes=True)")
+                    lines.append(f"  latent: {c['n_perturbed_not_in_prior']:,} perturbed genes are neither "
+                                 "measured nor in the prior and were dropped (allow_missing_genes=True)")
             if c.get("n_case_only_matches"):
                 lines.append(f"  matching: {c['n_case_only_matches']:,} prior names matched a gene only up to case "
                              "(check organism= if this is most of them)")
@@ -221,7 +222,7 @@ class GeneGraph:
                    min_module_size: int = 5, max_module_size: int = 500, isolated: str = "self_loop",
                    expression=None, knn_k: int = 5, case_insensitive: bool = True, allow_empty: bool = False,
                    perturbed: Sequence[str] | None = None, latent_hops: int = 2, max_latent: int | None = None,
-                   allow_missing_perturbed: bool = False, verbose: bool = False) -> "GeneGraph":
+                   allow_missing_perturbed: bool = False, verbose: bool = False) -> GeneGraph:
         """Align a prior network (and optional gene sets) to the genes of an AnnData.
 
         Parameters
@@ -358,7 +359,7 @@ class GeneGraph:
             loops = np.setdiff1d(np.arange(N), j[j == i])  # nodes with prior autoregulation keep theirs
             parts.append((loops, loops, np.zeros(len(loops)), np.ones(len(loops)), np.full(len(loops), EDGE_SELF),
                           np.full(len(loops), -1)))
-        J, I, S, W = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        edge_j, edge_i, S, W = (np.concatenate([p[k] for p in parts]) for k in range(4))
         T = np.concatenate([np.asarray(p[4], dtype=np.int64) for p in parts])
         P = np.concatenate([np.asarray(p[5], dtype=np.int64) for p in parts])
         membership, names, dropped = None, [], 0
@@ -381,7 +382,7 @@ class GeneGraph:
             coverage["n_edges_signalling"] = int(sig.sum())
         if lat_cov:
             coverage.update(lat_cov, n_edges_latent=int(((j >= G) | (i >= G)).sum()))
-        graph = cls(genes, np.stack([J, I]), S, W, T, membership, names, coverage, latent_genes=latent,
+        graph = cls(genes, np.stack([edge_j, edge_i]), S, W, T, membership, names, coverage, latent_genes=latent,
                     edge_prior=P, prior_names=origins)
         graph.case_only_examples = sorted(lookup.case_only)[:5]  # for the warning of GRNDiff(...)
         (log.info if verbose else log.debug)("%s", graph.summary())
@@ -392,7 +393,7 @@ class GeneGraph:
     # ------------------------------------------------------- serialisation
     @classmethod
     def for_anndata(cls, adata, prior="collectri", modules=None, *, symbol_key: str | None = None,
-                    organism: str = "human", **kw) -> "GeneGraph":
+                    organism: str = "human", **kw) -> GeneGraph:
         """The graph of a registered AnnData, as the Python API and the CLI build it.
 
         ``prior`` may also be a ``GeneGraph`` (checked against ``adata.var_names``) or ``None``
@@ -421,7 +422,7 @@ class GeneGraph:
                 "prior_names": list(self.prior_names)}
 
     @classmethod
-    def from_state(cls, state: dict) -> "GeneGraph":
+    def from_state(cls, state: dict) -> GeneGraph:
         """Inverse of :meth:`to_state` (a state saved before latent nodes and edge origins loads with none)."""
         missing = [k for k in ("genes", "edge_index") if k not in state]
         if missing:
@@ -431,7 +432,7 @@ class GeneGraph:
                    latent_genes=state.get("latent_genes"), edge_prior=state.get("edge_prior"),
                    prior_names=state.get("prior_names"))
 
-    def permute(self, perm) -> "GeneGraph":
+    def permute(self, perm) -> GeneGraph:
         """The same graph with genes reordered: new gene ``k`` is old gene ``perm[k]``.
 
         Edges keep their order and attributes; ``membership`` rows follow their genes; latent nodes

@@ -18,8 +18,11 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
+from ._checks import check_count, check_sampling
+from ._output import annotate_output, check_predict_input, var_from_state, var_to_state
 from ._representation import TokenReadout
+from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
+from .data.conditions import warn_case_only_matches
 from .gate import ALPHAS, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
 from .train import FlowModule, LossHistory
@@ -27,9 +30,6 @@ from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
 from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, default_epochs, describe
 from .train.quiet import console_kwargs, quiet
 from .train.runtime import cpu_runtime
-from ._checks import check_count, check_sampling
-from .data.conditions import warn_case_only_matches
-from ._output import annotate_output, check_predict_input, var_from_state, var_to_state
 
 log = logging.getLogger("grndiff")
 
@@ -162,7 +162,7 @@ class GRNDiff(TokenReadout):
               precision: Any = None, seed: int | None = None, progress_bar: bool = True, logger: Any = False,
               default_root_dir: str | None = None, enable_checkpointing: bool = False, callbacks=None,
               adata: ad.AnnData | None = None, verbose: bool = False, gate: bool | str = "auto",
-              gate_fraction: float = 0.2, **trainer_kwargs) -> "GRNDiff":
+              gate_fraction: float = 0.2, **trainer_kwargs) -> GRNDiff:
         """Train with Lightning (CPU or GPU, ``accelerator="auto"``).
 
         ``adata`` defaults to the AnnData the model was built on (a reference; it is not modified).
@@ -188,10 +188,7 @@ class GRNDiff(TokenReadout):
                 raise ValueError(f"gate=True needs a model that transports control cells; this model's source "
                                  f"({self.config['source']['name']!r}) only generates")
             split = self._gate_split(adata, gate_fraction)
-        if split is not None and not isinstance(split, str):
-            train_on = adata[~split.hidden]
-        else:
-            train_on = adata
+        train_on = adata[~split.hidden] if split is not None and not isinstance(split, str) else adata
         if max_epochs is None and max_steps in (-1, None):
             max_epochs = default_epochs(adata.n_obs)
         seed = self.config.get("seed", 0) if seed is None else int(seed)
@@ -392,12 +389,12 @@ class GRNDiff(TokenReadout):
                         dir_path, overwrite=overwrite)
 
     @classmethod
-    def from_h5ad(cls, path: str | os.PathLike, setup: dict | None = None, **kwargs) -> "GRNDiff":
+    def from_h5ad(cls, path: str | os.PathLike, setup: dict | None = None, **kwargs) -> GRNDiff:
         """Cells streamed from disk (:mod:`grndiff.data.ondisk`); ``setup``: :meth:`setup_anndata`'s arguments."""
         return cls(ondisk.open_h5ad(path, setup), **kwargs)
 
     @classmethod
-    def load(cls, dir_path: str | os.PathLike, adata: ad.AnnData | None = None) -> "GRNDiff":
+    def load(cls, dir_path: str | os.PathLike, adata: ad.AnnData | None = None) -> GRNDiff:
         """Load a model saved by :meth:`save` or a CLI checkpoint (safe: ``weights_only=True``).
 
         If ``adata`` is given, its genes must match the model's (same names; order may differ).
@@ -408,7 +405,7 @@ class GRNDiff(TokenReadout):
         return model
 
     @classmethod
-    def from_state(cls, payload: dict) -> "GRNDiff":
+    def from_state(cls, payload: dict) -> GRNDiff:
         """Rebuild from a state dict: ``config``, ``setup``, ``processor``, ``graph``, ``state_dict``."""
         payload = upgrade_payload(payload)
         self = cls.__new__(cls)
@@ -426,7 +423,7 @@ class GRNDiff(TokenReadout):
         self._var = var_from_state(payload.get("var"))
         return self
 
-    def to(self, device) -> "GRNDiff":
+    def to(self, device) -> GRNDiff:
         self.module.to(device)
         return self
 

@@ -87,7 +87,8 @@ def test_linear_pca_ridge_recovers_unseen_gene():
     truth = np.stack([delta[g] for g in genes[45:50]])
     assert np.abs(pred - truth).max() < 0.05 * np.abs(truth).max()
     # default (paper) settings and the paper's embedding from the Δ matrix still track the effect
-    for m in (LinearPCARidge(n_comps=K).fit(train, expression, genes), LinearPCARidge(n_comps=K).fit(train, genes=genes)):
+    for m in (LinearPCARidge(n_comps=K).fit(train, expression, genes),
+              LinearPCARidge(n_comps=K).fit(train, genes=genes)):
         p = m.predict("g47")
         assert p.shape == (G,) and np.corrcoef(p, delta["g47"])[0, 1] > 0.95
     with pytest.raises(KeyError, match="not among"):
@@ -118,6 +119,7 @@ def test_gaussian_pca_shapes_and_group_means():
 
 def test_linear_with_a_graph_embedding_predicts_unmeasured_perturbed_genes():
     import pandas as pd
+
     from grndiff.baselines import LinearPCARidge, graph_gene_embedding
     # two modules in the prior: A-chain regulators (A1..A4, plus unmeasured A9) and B-chain (B1..B4, B9)
     edges = [(f"A{i}", f"A{j}") for i in range(1, 5) for j in (5, 6)] + [("A9", "A1"), ("A9", "A5")]

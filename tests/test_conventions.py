@@ -31,7 +31,8 @@ def token_model():
     GRNDiff.setup_anndata(adata, condition_keys=["cell_type"])
     modules = {"erythroid": ["Gata1", "Fog1", "EKLF", "SCL"], "myeloid": ["Cebpa", "Pu.1", "cJun", "EgrNab", "Gfi1"]}
     import pandas as pd
-    mod_df = pd.DataFrame([(k, g, 1.0) for k, gs in modules.items() for g in gs], columns=["source", "target", "weight"])
+    mod_df = pd.DataFrame([(k, g, 1.0) for k, gs in modules.items() for g in gs],
+                          columns=["source", "target", "weight"])
     model = GRNDiff(adata, prior=gd.datasets.krumsiek11_network(), modules=mod_df,
                     graph_kwargs={"min_module_size": 3}, hidden=16, depth=2, token_depth=1)
     model.train(max_steps=20, max_epochs=100, progress_bar=False)
@@ -45,10 +46,10 @@ def test_copy_false_writes_in_place_and_copy_true_leaves_input(fn, token_model):
     before_obsm, before_uns = set(a.obsm.keys()), set(a.uns.keys())
     out = fn(model, a, key_added="mykey", copy=True)
     assert out is not None and set(a.obsm.keys()) == before_obsm and set(a.uns.keys()) == before_uns
-    assert any(k.startswith("mykey") for k in out.obsm.keys())
+    assert any(k.startswith("mykey") for k in out.obsm)
     res = fn(model, a, key_added="mykey")
-    assert res is None and any(k.startswith("mykey") for k in a.obsm.keys())
-    key = [k for k in a.obsm.keys() if k.startswith("mykey")][0]
+    assert res is None and any(k.startswith("mykey") for k in a.obsm)
+    key = [k for k in a.obsm if k.startswith("mykey")][0]
     assert np.asarray(a.obsm[key]).shape[0] == a.n_obs
 
 

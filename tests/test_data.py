@@ -9,9 +9,24 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from grndiff.data import (CategoricalEncoder, CellDataset, ConditionSet, ContinuousEncoder, ExpressionProcessor,
-                          GeneScaler, GRNDataModule, HierarchicalEncoder, PerturbationEncoder, SetEncoder,
-                          UnknownConditionError, detect_kind, get_setup, log1p_cp10k, setup_anndata, split_indices)
+from grndiff.data import (
+    CategoricalEncoder,
+    CellDataset,
+    ConditionSet,
+    ContinuousEncoder,
+    ExpressionProcessor,
+    GeneScaler,
+    GRNDataModule,
+    HierarchicalEncoder,
+    PerturbationEncoder,
+    SetEncoder,
+    UnknownConditionError,
+    detect_kind,
+    get_setup,
+    log1p_cp10k,
+    setup_anndata,
+    split_indices,
+)
 
 GENES = [f"g{i}" for i in range(10)] + ["KLF1", "CEBPA"]
 

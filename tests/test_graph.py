@@ -10,7 +10,7 @@ import torch
 from scipy import sparse
 
 from grndiff import datasets
-from grndiff.graph import EDGE_KNN, EDGE_PRIOR, EDGE_REVERSE, EDGE_SELF, GeneGraph
+from grndiff.graph import EDGE_KNN, EDGE_PRIOR, EDGE_REVERSE, EDGE_SELF, GeneGraph  # noqa: F401  (query's @EDGE_KNN)
 
 PRIOR = pd.DataFrame({"source": ["A", "A", "B", "C", "A", "X"],
                       "target": ["B", "C", "A", "C", "B", "A"],

@@ -55,7 +55,7 @@ def test_krumsiek_flow_loss_falls_and_samples_match_cell_type_means():
         real = X[codes == k]
         x0 = flow.seeded_noise((200, graph.n_genes), seed=k)
         cond = {"cell_type": torch.full((200,), k, dtype=torch.long)}
-        gen = flow.sample_ode(lambda x, t: net(x, t, cond), x0, method="euler", n_steps=30) * std + mean
+        gen = flow.sample_ode(lambda x, t, cond=cond: net(x, t, cond), x0, method="euler", n_steps=30) * std + mean
         errs.append((gen.mean(0) - real.mean(0)).abs().mean().item())
         spread.append((X.mean(0) - real.mean(0)).abs().mean().item())
     # each cell type's generated mean is much closer to its own real mean than the global mean is

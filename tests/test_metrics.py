@@ -4,10 +4,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grndiff.metrics import (PCAProjection, classifier_auc, direction_accuracy, energy_distance, evaluate,
-                             evaluate_perturbation, fit_pca, marker_overlap, mean_pearson, mmd_rbf, pearson_delta,
-                             pearson_delta_all, split_half_ceiling, tf_target_corr, to_records, var_pearson,
-                             wasserstein2, zero_frac_error)
+from grndiff.metrics import (
+    PCAProjection,
+    classifier_auc,
+    direction_accuracy,
+    energy_distance,
+    evaluate,
+    evaluate_perturbation,
+    fit_pca,
+    marker_overlap,
+    mean_pearson,
+    mmd_rbf,
+    pearson_delta,
+    pearson_delta_all,
+    split_half_ceiling,
+    tf_target_corr,
+    to_records,
+    var_pearson,
+    wasserstein2,
+    zero_frac_error,
+)
 
 
 def _gauss(n, d=5, shift=0.0, seed=0):
@@ -89,8 +105,8 @@ def test_tf_target_corr():
     X[:, 2] -= X[:, 0]
     X[:, 5] = 0.0  # constant gene: its edge is ignored
     genes = [f"g{i}" for i in range(6)]
-    prior = pd.DataFrame({"source": ["g0", "g0", "g3", "g3", "g0", "gX"], "target": ["g1", "g2", "g4", "g5", "g0", "g1"],
-                          "weight": 1.0})
+    prior = pd.DataFrame({"source": ["g0", "g0", "g3", "g3", "g0", "gX"],
+                          "target": ["g1", "g2", "g4", "g5", "g0", "g1"], "weight": 1.0})
     assert tf_target_corr(X, X, genes, prior) == pytest.approx(1.0)
     Y = X.copy()
     Y[:, 1:3] = rng.normal(size=(200, 2))  # destroy the TF→target co-expression
@@ -102,8 +118,8 @@ def test_tf_target_corr():
 # ---------------------------------------------------------------- evaluate()
 def _adata(X, labels, genes=None):
     genes = genes if genes is not None else [f"g{i}" for i in range(X.shape[1])]
-    return ad.AnnData(X.astype(np.float32), obs=pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(X))]),
-                      var=pd.DataFrame(index=genes))
+    obs = pd.DataFrame({"cell_type": labels}, index=[f"c{i}" for i in range(len(X))])
+    return ad.AnnData(X.astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
 
 
 def test_evaluate_identical_is_perfect_and_tidy():
@@ -142,7 +158,8 @@ def test_evaluate_pca_fitted_on_reference_cells():
     # a generator that returns exactly the held-out cells has ≈ 0 energy in the reference's PC space
     rep = evaluate(held_out, held_out.copy(), pca_reference=everything, n_pcs=8,
                    metrics=["energy_distance", "wasserstein2"])
-    np.testing.assert_allclose(rep.attrs["params"]["pca_explained_variance"], fit_pca(X, n=8).explained_variance, rtol=1e-4)
+    np.testing.assert_allclose(rep.attrs["params"]["pca_explained_variance"], fit_pca(X, n=8).explained_variance,
+                               rtol=1e-4)
     assert not np.allclose(rep.attrs["params"]["pca_explained_variance"], fit_pca(X[:60], n=8).explained_variance)
     assert rep.set_index("metric").loc["wasserstein2", "value"].max() == pytest.approx(0.0, abs=1e-6)
     e = rep.set_index("metric").loc["energy_distance", "value"]

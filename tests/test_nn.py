@@ -4,8 +4,18 @@ import math
 import pytest
 import torch
 
-from grndiff.nn import (ConditionEmbedder, GRNTransformer, PerturbationEmbedder, GraphAttention, GraphDiTBlock, MLPVelocity,
-                        ModulePooling, TokenBlock, gene_token_transformer, modules_only)
+from grndiff.nn import (
+    ConditionEmbedder,
+    GraphAttention,
+    GraphDiTBlock,
+    GRNTransformer,
+    MLPVelocity,
+    ModulePooling,
+    PerturbationEmbedder,
+    TokenBlock,
+    gene_token_transformer,
+    modules_only,
+)
 from grndiff.nn.graph_attention import BlockGraph
 
 G, D, H = 12, 16, 4
@@ -121,7 +131,8 @@ def test_model_output_zero_at_init_and_shapes():
     v, extras = m(x, t, _cond(), pert, return_tokens=True)
     assert v.shape == (4, G) and torch.count_nonzero(v) == 0
     assert extras["tokens"].shape == (4, 5, D) and extras["activity"].shape == (4, 5)
-    for other in (MLPVelocity(G, hidden=32), gene_token_transformer(G, hidden=D), modules_only(G, torch.ones(G, 2), hidden=D)):
+    for other in (MLPVelocity(G, hidden=32), gene_token_transformer(G, hidden=D),
+                  modules_only(G, torch.ones(G, 2), hidden=D)):
         assert torch.count_nonzero(other(x, t)) == 0
 
 
@@ -139,7 +150,8 @@ def test_gene_permutation_equivariance():
     _perturb_params(m1)
     perm = torch.randperm(G)
     inv = torch.argsort(perm)  # new index of old gene g is inv[g]
-    m2 = GRNTransformer(G, inv[ei], sign, w, membership=membership[perm], hidden=D, heads=H, depth=2, n_learned_modules=2)
+    m2 = GRNTransformer(G, inv[ei], sign, w, membership=membership[perm], hidden=D, heads=H, depth=2,
+                        n_learned_modules=2)
     sd = {}
     for k, v in m1.state_dict().items():  # gene-indexed parameters move with the genes
         sd[k] = v[perm] if k.endswith(("identity.weight", "gene_id", "assign_logits", "membership")) else v

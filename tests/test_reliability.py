@@ -307,7 +307,8 @@ BAD_INPUTS = [
      ValueError, ["empty", "0 cells"]),
     ("nan-condition", _set(obs=lambda o: o.__setitem__("cell_type", o["cell_type"].astype(object).where(
         np.arange(len(o)) != 4, np.nan))), ValueError, ["adata.obs['cell_type']", "NaN", "1 of 640", "notna()"]),
-    ("missing-condition-key", lambda ctx: (lambda a: (a, lambda: GRNDiff.setup_anndata(a, condition_keys=["celltype"])))(
+    ("missing-condition-key",
+     lambda ctx: (lambda a: (a, lambda: GRNDiff.setup_anndata(a, condition_keys=["celltype"])))(
         _krumsiek(register=False)), KeyError, ["'celltype'", "adata.obs", "cell_type"]),
     ("missing-layer", _set(layer="counts"), KeyError, ["layer='counts'", "adata.layers", "layer=None"]),
     ("nan-continuous", _set(obs=lambda o: o.__setitem__("time", o["time"].astype(float).where(
@@ -319,7 +320,8 @@ BAD_INPUTS = [
     ("unknown-label-sample", _unknown_label_sample, UnknownConditionError,
      ["'cell_type'", "'Eryy'", "Did you mean", "'Ery'", "Known values"]),
     ("unknown-key-sample", _unknown_key_sample, UnknownConditionError, ["'celltype'", "Did you mean", "cell_type"]),
-    ("unknown-label-predict", _unknown_label_predict, UnknownConditionError, ["'cell_type'", "'Tcell'", "Known values"]),
+    ("unknown-label-predict", _unknown_label_predict, UnknownConditionError,
+     ["'cell_type'", "'Tcell'", "Known values"]),
     ("nan-condition-predict", _nan_condition_predict, UnknownConditionError, ["'cell_type'", "'NaN'", "Known values"]),
     ("genes-differ-predict", _genes_differ_predict, ValueError,
      ["adata.var_names", "3 missing", "'Gfi1'", "every gene it was trained on"]),
@@ -717,7 +719,8 @@ def test_from_h5ad_streams_from_disk_like_the_in_memory_model(tmp_path):
     assert disk.is_trained and len(disk.history) and np.isfinite(disk.history["train_loss"]).all()
     disk.save(tmp_path / "m")
     again = GRNDiff.load(tmp_path / "m")
-    s1, s2 = disk.sample(8, {"cell_type": "Mk"}, n_steps=3, seed=1), again.sample(8, {"cell_type": "Mk"}, n_steps=3, seed=1)
+    s1 = disk.sample(8, {"cell_type": "Mk"}, n_steps=3, seed=1)
+    s2 = again.sample(8, {"cell_type": "Mk"}, n_steps=3, seed=1)
     assert np.array_equal(s1.X, s2.X)
 
 
@@ -751,11 +754,11 @@ def test_quiet_is_scoped_and_never_hides_grndiff_warnings():
         warnings.simplefilter("always")
         with quiet():
             assert not lightning_log.isEnabledFor(logging.INFO)
-            warnings.warn("Found 7 module(s) in eval mode at the start of training.", UserWarning)
+            warnings.warn("Found 7 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
             warn("a grndiff fallback")
         with quiet(verbose=True):
             assert lightning_log.isEnabledFor(logging.INFO)
-            warnings.warn("Found 7 module(s) in eval mode at the start of training.", UserWarning)
+            warnings.warn("Found 7 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
     assert lightning_log.isEnabledFor(logging.INFO)  # restored after the block
     assert [str(w.message)[:5] for w in rec] == ["a grn", "Found"]
 

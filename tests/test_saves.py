@@ -138,8 +138,8 @@ from grndiff.train.checkpoint import write_model_dir
 d, i = sys.argv[1], 0
 while True:
     i += 1
-    write_model_dir({"config": {"tag": i % 5 + 1, "options": {}, "source": {"name": "noise"}}, "setup": {}, "state_dict": {"w": torch.full((3_000_000,),
-                    float(i % 5 + 1))}}, d, overwrite=True)
+    write_model_dir({"config": {"tag": i % 5 + 1, "options": {}, "source": {"name": "noise"}}, "setup": {},
+                     "state_dict": {"w": torch.full((3_000_000,), float(i % 5 + 1))}}, d, overwrite=True)
     print(i, flush=True)
 """
 

@@ -46,6 +46,7 @@ def test_same_seed_bitwise_across_fresh_processes_other_seed_differs():
 
 def test_model_seed_reaches_a_seeded_source_unless_the_source_names_its_own():
     import numpy as np
+
     import grndiff as gd
     a = gd.datasets.krumsiek11()
     a.obs["treat"] = np.where(np.arange(a.n_obs) % 2 == 0, "ctrl", "drug")

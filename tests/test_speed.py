@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grndiff.nn import GRNTransformer, GraphAttention, GraphDiTBlock, ModulePooling
+from grndiff.nn import GraphAttention, GraphDiTBlock, GRNTransformer, ModulePooling
 from grndiff.nn.graph_attention import HeadGraph
 from grndiff.train import runtime
 

@@ -106,7 +106,8 @@ def test_residual_coupling_trains_on_the_estimate_error_on_the_axes():
     ctrl3 = x[(cond["cell_type"] == 3) & control][: x1.shape[0]]
     # context 3 left out, its nearest contexts (state A) shift gene 0, not gene 1: the estimate's error
     lab, ctx = src._ids(c, None, x1.shape[0])
-    q = [i for i, (a, b) in enumerate(zip(src.pair_label.tolist(), src.pair_ctx.tolist())) if (a, b) == (lab[0], ctx[0])]
+    q = [i for i, (a, b) in enumerate(zip(src.pair_label.tolist(), src.pair_ctx.tolist()))
+         if (a, b) == (lab[0], ctx[0])]
     err = src.pair_err[q[0]]
     assert err[0] > 2.0 and err[1] < -2.0  # estimate − truth: +3 on gene 0, −3 on gene 1
     d = x1 - src.pair(x1, c, None, ctrl3)

@@ -175,7 +175,7 @@ def test_log_lines_show_step_loss_and_eta():
     from grndiff._progress import LogLines, format_seconds
     buf = io.StringIO()
     lines = LogLines(total=100, desc="training", min_interval=0.0, file=buf)
-    for i in range(1, 101):
+    for _ in range(100):
         lines.set_postfix(loss=0.5)
         lines.update(1)
     lines.close()

@@ -173,7 +173,8 @@ def versions(*names: str) -> dict:
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the prediction files (default: benchmarks/peers/_out)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT),
+                    help="folder of the prediction files (default: benchmarks/peers/_out)")
     ap.add_argument("--dataset", default="kang2018", choices=["kang2018", "papalexi2021"])
     ap.add_argument("--groups", default=None,
                     help="comma-separated subset: Kang cell types (e.g. 'B cells') or Papalexi fold indices")

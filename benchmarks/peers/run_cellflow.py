@@ -31,6 +31,7 @@ to ``run_info.json``.
 from __future__ import annotations
 
 import os
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
@@ -43,10 +44,9 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-import _common as C  # noqa: E402
 
 METHOD = "cellflow"
 N_PCS = 50
@@ -55,8 +55,8 @@ DEFAULT_WIDTH = 2048  # prepare_model's defaults: (2048,)*3 encoders, (4096,)*3 
 
 def fit_predict(train, query, T: str, args):
     """Train CellFlow on ``train`` (log1p CP10k in X); return predicted log1p CP10k for ``query``."""
-    import optax
     import cellflow.preprocessing as cfpp
+    import optax
     from cellflow.model import CellFlow
 
     train = train.copy()

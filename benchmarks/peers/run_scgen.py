@@ -29,9 +29,8 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np  # noqa: E402
-
 import _common as C  # noqa: E402
+import numpy as np  # noqa: E402
 
 METHOD = "scgen"
 TRAIN = {"batch_size": 32, "early_stopping": True, "early_stopping_patience": 25}

@@ -89,8 +89,9 @@ def _kang():
 def _papalexi():
     """``perturbation.py::papalexi_data`` without ``GRNDiff.setup_anndata``: control + the
     knock-outs whose target gene is measured."""
-    import grndiff as gd
     import pandas as pd
+
+    import grndiff as gd
     adata = gd.datasets.papalexi2021()
     lab = adata.obs["perturbation"].astype(str)
     adata = adata[((lab == "control") | lab.isin(set(adata.var_names))).to_numpy()].copy()

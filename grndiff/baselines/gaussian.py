@@ -41,7 +41,7 @@ class GaussianPCA:
     def __init__(self, n_comps: int = 30, seed: int = 0, clip: bool = True):
         self.n_comps, self.seed, self.clip = n_comps, seed, clip
 
-    def fit(self, X, groups=None) -> "GaussianPCA":
+    def fit(self, X, groups=None) -> GaussianPCA:
         """Fit the PCA and one Gaussian per group.
 
         Parameters
@@ -67,7 +67,7 @@ class GaussianPCA:
             self.covs_[g] = np.cov(Zg, rowvar=False).reshape(Z.shape[1], Z.shape[1])  # (K, K)
         return self
 
-    def fit_anndata(self, adata, groupby: str | None = None, layer: str | None = None) -> "GaussianPCA":
+    def fit_anndata(self, adata, groupby: str | None = None, layer: str | None = None) -> GaussianPCA:
         """:meth:`fit` on ``adata.X`` (or ``layer``), groups from ``adata.obs[groupby]``."""
         if groupby is not None and groupby not in adata.obs:
             raise KeyError(f"adata.obs has no column {groupby!r}; available: {list(adata.obs.columns)}")
@@ -111,7 +111,8 @@ class GaussianPCA:
         return X, np.asarray(labels, dtype=object)
 
     def sample_anndata(self, n_per_group, seed: int | None = None):
-        """:meth:`sample` as an AnnData with ``var_names`` of the fit and ``obs[groupby]`` (needs :meth:`fit_anndata`)."""
+        """:meth:`sample` as an AnnData with ``var_names`` of the fit and ``obs[groupby]``
+        (needs :meth:`fit_anndata`)."""
         import anndata as ad
 
         if not hasattr(self, "genes_"):

@@ -57,7 +57,7 @@ class LinearPCARidge:
         self.n_comps, self.ridge, self.sep, self.seed = n_comps, ridge, sep, seed
 
     def fit(self, train_deltas: Mapping[str, np.ndarray], expression=None, genes: Sequence[str] | None = None,
-            pert_embedding: pd.DataFrame | None = None) -> "LinearPCARidge":
+            pert_embedding: pd.DataFrame | None = None) -> LinearPCARidge:
         """Fit ``W`` and ``b`` on training perturbations.
 
         Parameters

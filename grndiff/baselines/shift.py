@@ -54,7 +54,7 @@ class MeanShift:
     def __init__(self):
         self.shifts_: dict = {}
 
-    def fit(self, X, condition, control, groups=None) -> "MeanShift":
+    def fit(self, X, condition, control, groups=None) -> MeanShift:
         """Learn the shifts from training cells.
 
         Parameters
@@ -90,7 +90,7 @@ class MeanShift:
         return self
 
     def fit_anndata(self, adata, condition_key: str, control, groupby: str | None = None,
-                    layer: str | None = None) -> "MeanShift":
+                    layer: str | None = None) -> MeanShift:
         """:meth:`fit` on an AnnData: ``obs[condition_key]``, optional ``obs[groupby]``, ``.X`` or ``layer``."""
         for key in [condition_key] + ([groupby] if groupby else []):
             if key not in adata.obs:

@@ -13,22 +13,31 @@ encoded by :mod:`grndiff.data.perturbation`. Fallbacks the user should know abou
 
 Nothing here imports :mod:`grndiff.nn`, :mod:`grndiff.flow` or :mod:`grndiff.train`.
 """
-from .condition_set import ConditionSet
-from .conditions import (CategoricalEncoder, ContinuousEncoder, GRNDiffWarning, HierarchicalEncoder, SetEncoder,
-                         UnknownConditionError, register_condition_kind, split_combo)
-from .perturbation import PerturbationEncoder, perturbed_genes
-from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
-from .backed import BackedCellDataset, BackedCSR, BackedDataModule, streaming_scaler
-from .module import GRNDataModule, holdout_mask, split_indices
-from .normalize import (LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k,
-                        log1p_normalized_copy)
-from .processor import CellData, ExpressionProcessor
 from . import ondisk
+from .backed import BackedCellDataset, BackedCSR, BackedDataModule, streaming_scaler
+from .condition_set import ConditionSet
+from .conditions import (
+    CategoricalEncoder,
+    ContinuousEncoder,
+    GRNDiffWarning,
+    HierarchicalEncoder,
+    SetEncoder,
+    UnknownConditionError,
+    register_condition_kind,
+    split_combo,
+)
+from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
+from .module import GRNDataModule, holdout_mask, split_indices
+from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k, log1p_normalized_copy
+from .perturbation import PerturbationEncoder, perturbed_genes
+from .processor import CellData, ExpressionProcessor
 from .setup import get_setup, setup_anndata
 
 __all__ = [
+    "ondisk",  # the submodule (grndiff.model: `from .data import ondisk`)
     "register_condition_kind",
-    "BackedCSR", "BackedCellDataset", "BackedDataModule", "BatchIndex", "CategoricalEncoder", "CellBatchSampler", "CellData", "CellDataset", "ConditionSet",
+    "BackedCSR", "BackedCellDataset", "BackedDataModule", "BatchIndex", "CategoricalEncoder", "CellBatchSampler",
+    "CellData", "CellDataset", "ConditionSet",
     "ContinuousEncoder", "ControlPairing", "GRNDiffWarning", "ExpressionProcessor", "GRNDataModule", "GeneScaler",
     "HierarchicalEncoder", "LOG_MAX", "MIN_STD", "PerturbationEncoder", "SetEncoder", "UnknownConditionError",
     "check_values", "detect_kind", "get_setup", "holdout_mask", "log1p_cp10k", "log1p_normalized_copy",

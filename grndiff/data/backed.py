@@ -212,7 +212,8 @@ class BackedCellDataset(IterableDataset):
         if scaler.n_genes != reader.n_vars:
             raise ValueError(f"the scaler has {scaler.n_genes} genes but {reader.path} has {reader.n_vars}")
         self.reader, self.scaler, self.kind, self.target_sum = reader, scaler, kind, float(target_sum)
-        self.batch_size, self.block_size, self.blocks_per_fetch = int(batch_size), int(block_size), int(blocks_per_fetch)
+        self.batch_size, self.block_size = int(batch_size), int(block_size)
+        self.blocks_per_fetch = int(blocks_per_fetch)
         self.rows = (0, reader.n_obs) if rows is None else (int(rows[0]), min(int(rows[1]), reader.n_obs))
         self.cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
         self.pert = None if pert is None else np.asarray(pert, dtype=np.int64)

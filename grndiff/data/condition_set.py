@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .conditions import (ENCODERS, CategoricalEncoder, ContinuousEncoder, HierarchicalEncoder, SetEncoder,
-                         UnknownConditionError, warn)
+from .conditions import (
+    ENCODERS,
+    CategoricalEncoder,
+    ContinuousEncoder,
+    HierarchicalEncoder,
+    SetEncoder,
+    UnknownConditionError,
+    warn,
+)
 from .perturbation import PerturbationEncoder, with_kind
+
+if TYPE_CHECKING:  # torch is imported where it is used (request); annotations are strings here
+    import torch
 
 
 class ConditionSet:
@@ -36,7 +47,7 @@ class ConditionSet:
             raise ValueError(f"condition names must be unique, got {names}")
 
     @classmethod
-    def from_setup(cls, setup: dict, genes: Sequence[str] | None = None) -> "ConditionSet":
+    def from_setup(cls, setup: dict, genes: Sequence[str] | None = None) -> ConditionSet:
         """Unfitted encoders for the fields of a :func:`~grndiff.data.get_setup` record.
 
         ``genes`` (G,) are the names perturbations are matched against (required with a
@@ -88,7 +99,7 @@ class ConditionSet:
             return pd.DataFrame({k: self._column(obs, k) for k in enc.levels})
         return self._column(obs, enc.name)
 
-    def fit(self, obs: pd.DataFrame) -> "ConditionSet":
+    def fit(self, obs: pd.DataFrame) -> ConditionSet:
         """Fit every encoder on the training cells' ``obs`` (N rows)."""
         for e in self.encoders:
             e.fit(self._values(e, obs))
@@ -106,7 +117,7 @@ class ConditionSet:
             return None
         return self.perturbation.encode(self._column(obs, self.perturbation.name))
 
-    def request(self, conditions, n: int) -> tuple[dict, "torch.Tensor | None", pd.DataFrame]:
+    def request(self, conditions, n: int) -> tuple[dict, torch.Tensor | None, pd.DataFrame]:
         """:meth:`encode_dict` for a generation request, as tensors, with the obs to report.
 
         ``conditions`` is a ``{key: value}`` dict (scalars broadcast to ``n``) or a DataFrame of
@@ -198,7 +209,7 @@ class ConditionSet:
                 "perturbation": None if self.perturbation is None else self.perturbation.to_state()}
 
     @classmethod
-    def from_state(cls, state: dict) -> "ConditionSet":
+    def from_state(cls, state: dict) -> ConditionSet:
         encs = [ENCODERS[s["kind"]].from_state(s) for s in state.get("encoders", [])]
         p = state.get("perturbation")
         return cls(encs, None if p is None else PerturbationEncoder.from_state(p))

@@ -122,7 +122,7 @@ class CategoricalEncoder:
         self.name = name
         self.categories = None if categories is None else [str(c) for c in categories]
 
-    def fit(self, values) -> "CategoricalEncoder":
+    def fit(self, values) -> CategoricalEncoder:
         labels = _labels(values)
         if any(v is None for v in labels):
             raise ValueError(f"obs[{self.name!r}]: {sum(v is None for v in labels)} cells have no value (NaN)")
@@ -159,7 +159,7 @@ class CategoricalEncoder:
         return {"name": self.name, "kind": self.kind, "categories": list(self.categories)}
 
     @classmethod
-    def from_state(cls, state: dict) -> "CategoricalEncoder":
+    def from_state(cls, state: dict) -> CategoricalEncoder:
         return cls(state["name"], state["categories"])
 
 
@@ -185,7 +185,7 @@ class ContinuousEncoder:
                              "remove those cells or fill the value (e.g. dose 0 for untreated cells)")
         return v
 
-    def fit(self, values) -> "ContinuousEncoder":
+    def fit(self, values) -> ContinuousEncoder:
         v = self._numbers(values)
         self.mean = float(v.mean())
         sd = float(v.std())
@@ -214,7 +214,7 @@ class ContinuousEncoder:
         return {"name": self.name, "kind": self.kind, "mean": self.mean, "std": self.std, "lo": self.lo, "hi": self.hi}
 
     @classmethod
-    def from_state(cls, state: dict) -> "ContinuousEncoder":
+    def from_state(cls, state: dict) -> ContinuousEncoder:
         return cls(state["name"], state["mean"], state["std"], state.get("lo"), state.get("hi"))
 
 
@@ -245,7 +245,7 @@ class SetEncoder:
         self.name, self.control, self.combo_sep = name, str(control), combo_sep
         self.categories = None if categories is None else [str(c) for c in categories]
 
-    def fit(self, values) -> "SetEncoder":
+    def fit(self, values) -> SetEncoder:
         labels = _refuse_missing(self.name, _labels(values), self.control)
         parts, _ = _per_unique(labels, lambda v: split_combo(v, self.control, self.combo_sep))
         self.categories = sorted({c for ps in parts for c in ps})
@@ -279,7 +279,7 @@ class SetEncoder:
                 "categories": list(self.categories)}
 
     @classmethod
-    def from_state(cls, state: dict) -> "SetEncoder":
+    def from_state(cls, state: dict) -> SetEncoder:
         return cls(state["name"], state["control"], state["combo_sep"], state["categories"])
 
 
@@ -311,7 +311,7 @@ class HierarchicalEncoder:
             raise ValueError(f"hierarchy {self.name!r} has {len(self.levels)} levels, got values of shape {arr.shape}")
         return [arr[:, i] for i in range(arr.shape[1])]
 
-    def fit(self, values) -> "HierarchicalEncoder":
+    def fit(self, values) -> HierarchicalEncoder:
         for enc, col in zip(self.encoders, self._columns(values)):
             enc.fit(col)
         return self
@@ -334,7 +334,7 @@ class HierarchicalEncoder:
                 "encoders": [e.to_state() for e in self.encoders]}
 
     @classmethod
-    def from_state(cls, state: dict) -> "HierarchicalEncoder":
+    def from_state(cls, state: dict) -> HierarchicalEncoder:
         return cls(state["levels"], [CategoricalEncoder.from_state(s) for s in state["encoders"]])
 
 

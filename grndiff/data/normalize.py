@@ -214,7 +214,7 @@ class GeneScaler:
         self._check_fitted()
         return int(self.mean.shape[0])
 
-    def fit(self, X) -> "GeneScaler":
+    def fit(self, X) -> GeneScaler:
         """Fit on log1p values (N, G), dense or sparse; a sparse matrix is never densified."""
         if sp.issparse(X):
             X = sp.csr_matrix(X)
@@ -281,6 +281,6 @@ class GeneScaler:
                 "min_std": self.min_std}
 
     @classmethod
-    def from_state(cls, state: dict) -> "GeneScaler":
+    def from_state(cls, state: dict) -> GeneScaler:
         as_np = lambda v: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)  # noqa: E731
         return cls(as_np(state["mean"]), as_np(state["std"]), min_std=state.get("min_std", MIN_STD))

@@ -165,7 +165,7 @@ class PerturbationEncoder:
         log.warning("grndiff: dropping %d perturbed genes absent from the model's genes: %s", len(missing),
                     _listing(missing))
 
-    def fit(self, values) -> "PerturbationEncoder":
+    def fit(self, values) -> PerturbationEncoder:
         parts, codes = self._parts(values)
         written = {k for ps in parts for _, k in ps} - {self.default_kind}
         self.kinds = [self.default_kind] + sorted(written)
@@ -198,6 +198,6 @@ class PerturbationEncoder:
                 "kinds": list(self.kinds), "default_kind": self.default_kind}
 
     @classmethod
-    def from_state(cls, state: dict) -> "PerturbationEncoder":
+    def from_state(cls, state: dict) -> PerturbationEncoder:
         return cls(state["genes"], state["control"], state["combo_sep"], state["allow_missing"], state["name"],
                    state.get("seen"), state.get("kinds"), state.get("default_kind", "ko"))

@@ -70,7 +70,7 @@ class ExpressionProcessor:
         self.setup: dict | None = None
 
     # ------------------------------------------------------------------ fit
-    def fit(self, adata, latent_genes=()) -> "ExpressionProcessor":
+    def fit(self, adata, latent_genes=()) -> ExpressionProcessor:
         """Fit on a registered AnnData (:func:`~grndiff.data.setup_anndata`). Returns ``self``.
 
         ``latent_genes`` (L names): the gene graph's latent nodes (``GeneGraph.latent_genes``),
@@ -241,7 +241,7 @@ class ExpressionProcessor:
                 "scaler": self.scaler.to_state(), "conditions": self.conditions.to_state()}
 
     @classmethod
-    def from_state(cls, state: dict) -> "ExpressionProcessor":
+    def from_state(cls, state: dict) -> ExpressionProcessor:
         self = cls(state.get("min_std", MIN_STD), state.get("target_sum", 1e4))
         self.genes, self.layer, self.kind = list(state["genes"]), state["layer"], state["kind"]
         self.setup = dict(state.get("setup") or {})

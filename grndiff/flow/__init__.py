@@ -15,11 +15,21 @@ from .ot import ot_pair_indices
 from .paths import flow_loss, interpolate, target_velocity, velocity_from_data
 from .samplers import NFETally, Velocity, count_nfe, dopri5, euler, heun, sample_ode
 from .schedule import sample_time
-from .sources import (ControlSource, GaussianSource, NoiseSource, PerGroupGaussian, Source, group_ids, make_source,
-                      register_source, seeded_noise, source_classes)
+from .sources import (
+    ControlSource,
+    GaussianSource,
+    NoiseSource,
+    PerGroupGaussian,
+    Source,
+    group_ids,
+    make_source,
+    register_source,
+    seeded_noise,
+    source_classes,
+)
 from .transport import ShiftedControlSource
 
 __all__ = ["ControlSource", "GaussianSource", "NFETally", "NoiseSource", "PerGroupGaussian", "ShiftedControlSource",
            "Source", "Velocity", "count_nfe", "dopri5", "euler", "flow_loss", "group_ids", "heun", "interpolate",
-           "make_source", "ot_pair_indices", "register_source", "sample_ode", "sample_time", "seeded_noise", "source_classes",
-           "target_velocity", "velocity_from_data"]
+           "make_source", "ot_pair_indices", "register_source", "sample_ode", "sample_time", "seeded_noise",
+           "source_classes", "target_velocity", "velocity_from_data"]

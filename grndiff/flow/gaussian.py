@@ -73,7 +73,8 @@ class PerGroupGaussian(torch.nn.Module):
 
     def __init__(self, n_genes: int, n_groups: int = 1, n_comps: int = 30, residual: float = 0.5):
         super().__init__()
-        self.n_genes, self.n_groups, self.n_comps, self.residual = int(n_genes), int(n_groups), int(n_comps), float(residual)
+        self.n_genes, self.n_groups = int(n_genes), int(n_groups)
+        self.n_comps, self.residual = int(n_comps), float(residual)
         k = self.n_comps
         self.register_buffer("mean", torch.zeros(n_groups, n_genes))  # (K, G)
         self.register_buffer("basis", torch.zeros(n_genes, k))  # (G, k)
@@ -83,7 +84,7 @@ class PerGroupGaussian(torch.nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, group: torch.Tensor, scale: torch.Tensor | None = None) -> "PerGroupGaussian":
+    def fit(self, x: torch.Tensor, group: torch.Tensor, scale: torch.Tensor | None = None) -> PerGroupGaussian:
         """Fit on training cells ``x`` (N, G) with group ids ``group`` (N,) in ``[1, n_groups)``
         (0 or negative = no group; such cells count for group 0 only). ``scale`` (G,), positive:
         the principal axes are those of ``scale ⊙ (x − μ)`` (default: all ones). Returns ``self``."""

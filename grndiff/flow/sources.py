@@ -37,8 +37,8 @@ from torch import nn
 
 from .gaussian import PerGroupGaussian, seeded_noise
 
-__all__ = ["Source", "NoiseSource", "GaussianSource", "ControlSource", "PerGroupGaussian", "seeded_noise", "make_source",
-           "register_source", "source_classes", "group_radix", "group_ids"]
+__all__ = ["Source", "NoiseSource", "GaussianSource", "ControlSource", "PerGroupGaussian", "seeded_noise",
+           "make_source", "register_source", "source_classes", "group_radix", "group_ids"]
 
 
 _SOURCES: dict[str, type] = {}  # name → Source class (filled by Source.__init_subclass__ / register_source)
@@ -91,7 +91,7 @@ class Source(nn.Module):
         return {"name": self.name, **{k: getattr(self, k) for k in self.options}}
 
     def build(self, n_genes: int, condition_specs=(), gene_scale: torch.Tensor | None = None,
-              context_keys: Sequence[str] = ()) -> "Source":
+              context_keys: Sequence[str] = ()) -> Source:
         """Size the buffers for ``n_genes`` genes and these conditions. Returns ``self``."""
         self.n_genes = int(n_genes)
         return self
@@ -106,7 +106,7 @@ class Source(nn.Module):
         return False
 
     def fit(self, x: torch.Tensor, cond: dict | None = None, pert: torch.Tensor | None = None,
-            control: torch.Tensor | None = None) -> "Source":
+            control: torch.Tensor | None = None) -> Source:
         """Fit on training cells ``x`` (N, G); ``cond`` {name: (N,)}, ``pert`` (N, S) gene indices
         (−1 = none), ``control`` (N,) bool. Sources without parameters ignore them."""
         self._fitted.fill_(True)
@@ -123,7 +123,8 @@ class Source(nn.Module):
         """``x₀`` (n, G) for generation."""
         raise NotImplementedError
 
-    def transport(self, x_ctrl: torch.Tensor, cond: dict | None = None, pert: torch.Tensor | None = None) -> torch.Tensor:
+    def transport(self, x_ctrl: torch.Tensor, cond: dict | None = None,
+                  pert: torch.Tensor | None = None) -> torch.Tensor:
         """``x₀`` (B, G) from which control cells ``x_ctrl`` (B, G) flow to the target ``cond``/``pert``."""
         raise ValueError(
             f"this model's source ({self.name!r}) generates cells but cannot transport control cells, so "
@@ -188,7 +189,8 @@ def _checked_control(x1: torch.Tensor, x_ctrl: torch.Tensor | None, name: str) -
 def group_radix(specs, max_groups: int = 100_000) -> list[tuple[str, int]]:
     """(name, number of categories) of the categorical conditions, for per-group sources; empty
     (one pooled group) when their combinations would exceed ``max_groups``."""
-    out = [(_spec(s, "name"), int(_spec(s, "n_categories"))) for s in (specs or []) if _spec(s, "kind") == "categorical"]
+    out = [(_spec(s, "name"), int(_spec(s, "n_categories"))) for s in (specs or [])
+           if _spec(s, "kind") == "categorical"]
     total = 1
     for _, r in out:
         total *= max(r, 1)
@@ -301,7 +303,7 @@ def source_classes() -> dict[str, type[Source]]:
     return dict(_SOURCES)
 
 
-def make_source(spec: "str | dict | Source") -> Source:
+def make_source(spec: str | dict | Source) -> Source:
     """A source from its name (``"gaussian"``), its config (``{"name": "gaussian", "k": 50}``, as
     :meth:`Source.config` writes it) or a :class:`Source` (returned as is)."""
     if isinstance(spec, Source):

@@ -13,8 +13,14 @@ from .distances import classifier_auc, energy_distance, mmd_rbf, wasserstein2
 from .evaluate import ALL_METRICS, evaluate, to_records
 from .gene_level import marker_overlap, mean_pearson, rank_markers, tf_target_corr, var_pearson, zero_frac_error
 from .pca import PCAProjection, fit_pca
-from .perturbation import (direction_accuracy, evaluate_perturbation, pearson_delta, pearson_delta_all,
-                           split_half_ceiling, top_changes)
+from .perturbation import (
+    direction_accuracy,
+    evaluate_perturbation,
+    pearson_delta,
+    pearson_delta_all,
+    split_half_ceiling,
+    top_changes,
+)
 
 __all__ = ["evaluate", "to_records", "ALL_METRICS",
            "energy_distance", "mmd_rbf", "wasserstein2", "classifier_auc",

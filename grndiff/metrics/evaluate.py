@@ -158,7 +158,8 @@ def evaluate(real, generated, *, groupby=None, n_pcs: int = 30, pca_reference=No
     if "tf_target_corr" in metrics and prior is None:
         raise ValueError("metric 'tf_target_corr' needs prior= (a source,target table or a prior name)")
     if "marker_overlap" in metrics and len(groups) < 2:
-        raise ValueError("metric 'marker_overlap' needs groupby with at least 2 shared groups (markers are group vs rest)")
+        raise ValueError("metric 'marker_overlap' needs groupby with at least 2 shared groups "
+                         "(markers are group vs rest)")
     if isinstance(prior, str):
         from grndiff.priors import load
 

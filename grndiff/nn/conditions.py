@@ -65,7 +65,7 @@ class ConditionSpec:
                              "(a new kind registers its embedder with register_condition_embedder)")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConditionSpec":
+    def from_dict(cls, d: dict) -> ConditionSpec:
         levels = d.get("levels") or d.get("levels_n_categories") or []
         return cls(name=d["name"], kind=d["kind"], n_categories=int(d.get("n_categories", 0) or 0),
                    levels=[int(v) for v in levels])

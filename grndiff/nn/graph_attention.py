@@ -44,8 +44,16 @@ from torch import nn
 from torch_geometric.utils import softmax as segment_softmax
 
 from ._cache import weight_cached
-from .sparse_graph import (BlockGraph, HeadGraph, _dynamic_aggregate, _head_aggregate, _SampledDot,
-                           _SegmentSoftmax, _to_blocks, _work_dtype)
+from .sparse_graph import (
+    BlockGraph,
+    HeadGraph,
+    _dynamic_aggregate,
+    _head_aggregate,
+    _SampledDot,
+    _SegmentSoftmax,
+    _to_blocks,
+    _work_dtype,
+)
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import FinalLayer, GraphDiTBlock, TokenBlock
-from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder
+from .conditions import ConditionEmbedder, PerturbationEmbedder
 from .embed import GeneEmbedder, TimestepEmbedder
 from .pooling import ModulePooling
 from .velocity import VelocityField
@@ -119,8 +119,8 @@ class GRNTransformer(VelocityField):
         self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
         self.t_embed = TimestepEmbedder(hidden)
         self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
-        self.pert_embed = (PerturbationEmbedder(n_nodes, hidden, edge_index, edge_sign, edge_type, hops=perturbation_hops,
-                                                n_kinds=int(perturbation))
+        self.pert_embed = (PerturbationEmbedder(n_nodes, hidden, edge_index, edge_sign, edge_type,
+                                                hops=perturbation_hops, n_kinds=int(perturbation))
                            if perturbation else None)
         self.cell_embed = (nn.Sequential(nn.Linear(n_genes, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
                            if cell_token else None)

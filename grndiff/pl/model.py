@@ -28,10 +28,7 @@ def _module_genes(model, module, n_genes: int) -> tuple[str, np.ndarray]:
         p = names.index(hits[0])
     with torch.no_grad():
         col = pooling.assignment()[:, p].cpu().numpy()  # (G,)
-    if p < pooling.n_prior:
-        idx = np.flatnonzero(col > 0)
-    else:
-        idx = np.argsort(-col)[:n_genes]
+    idx = np.flatnonzero(col > 0) if p < pooling.n_prior else np.argsort(-col)[:n_genes]
     return names[p], idx
 
 

@@ -12,11 +12,22 @@ Examples
 >>> both = gd.priors.combine(["collectri", "omnipath_signaling"])     # doctest: +SKIP
 """
 from ._io import from_decoupler, from_networkx, read_gmt, read_table, to_networkx, write_gmt
-from ._shipped import (EDGE_KINDS, combine, edge_kind, list_priors, load, load_online, prior_dir, prior_path,
-                       split_complexes, verify_checksums)
+from ._shipped import (
+    EDGE_KINDS,
+    combine,
+    edge_kind,
+    list_priors,
+    load,
+    load_online,
+    prior_dir,
+    prior_path,
+    split_complexes,
+    verify_checksums,
+)
 from .null import random_graph, restrict, rewire, shuffle_edges
 
-__all__ = ["EDGE_KINDS", "combine", "edge_kind", "split_complexes", "from_decoupler", "from_networkx", "list_priors", "load", "load_online", "prior_dir", "prior_path",
+__all__ = ["EDGE_KINDS", "combine", "edge_kind", "split_complexes", "from_decoupler", "from_networkx", "list_priors",
+           "load", "load_online", "prior_dir", "prior_path",
            "random_graph", "read_gmt", "read_table", "restrict", "rewire", "shuffle_edges", "to_networkx",
            "verify_checksums",
            "write_gmt"]

@@ -7,6 +7,7 @@ installed, non-editable grndiff carries the same files.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,10 +26,9 @@ def _candidate_dirs() -> list[Path]:
     # a source checkout first: its own priors/ folder, next to the package imported (an editable
     # install made from another checkout maps grndiff._priors to *that* checkout's folder)
     dirs = [Path(__file__).resolve().parents[2] / "priors"]
-    try:  # installed wheel (and editable installs made after the package-dir mapping)
+    # installed wheel (and editable installs made after the package-dir mapping)
+    with contextlib.suppress(ModuleNotFoundError, TypeError):
         dirs.append(Path(str(files("grndiff._priors"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
     return dirs
 
 

@@ -20,7 +20,7 @@ def knn_edges(expression, targets: np.ndarray, k: int, G: int, chunk: int = 512)
     mean = np.asarray(X.mean(axis=0)).ravel()  # (G,)
     sq = X.multiply(X) if sparse.issparse(X) else X * X
     sd = np.sqrt(np.maximum(np.asarray(sq.mean(axis=0)).ravel() - mean**2, 0.0))  # (G,)
-    J, I, S, W = [], [], [], []
+    edge_j, edge_i, S, W = [], [], [], []
     for start in range(0, len(targets), chunk):
         t = targets[start:start + chunk]
         cross = X.T @ X[:, t]  # (G, T)
@@ -38,6 +38,9 @@ def knn_edges(expression, targets: np.ndarray, k: int, G: int, chunk: int = 512)
             for jj in top[:, col]:
                 c = corr[jj, col]
                 if c != 0.0:
-                    J.append(jj); I.append(i); S.append(np.sign(c)); W.append(abs(c))
-    return (np.asarray(J, dtype=np.int64), np.asarray(I, dtype=np.int64), np.asarray(S, dtype=float),
+                    edge_j.append(jj)
+                    edge_i.append(i)
+                    S.append(np.sign(c))
+                    W.append(abs(c))
+    return (np.asarray(edge_j, dtype=np.int64), np.asarray(edge_i, dtype=np.int64), np.asarray(S, dtype=float),
             np.asarray(W, dtype=float))

@@ -43,7 +43,7 @@ def _swap_targets(src: list, tgt: list, n: int, movable: np.ndarray, n_try: int,
     picks = movable[rng.integers(0, movable.size, size=(n_try, 2))]
     for e1, e2 in picks.tolist():
         a, b, c, d = src[e1], tgt[e1], src[e2], tgt[e2]
-        if a == c or b == d or a == d or c == b:  # no-op, or would make a self-loop
+        if a in (c, d) or b in (c, d):  # no-op, or would make a self-loop
             continue
         ad, cb = a * n + d, c * n + b
         if ad in present or cb in present:  # would duplicate an edge

@@ -261,7 +261,8 @@ def read_model_file(path: Path, version: str) -> dict:
         raise ValueError(f"{path} is not a grndiff model file")
     if payload.get("format_version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{path} was written with model format {payload.get('format_version')} "
-                         f"(grndiff {payload.get('grndiff_version')}); this grndiff {version} reads format {FORMAT_VERSION} "
+                         f"(grndiff {payload.get('grndiff_version')}); "
+                         f"this grndiff {version} reads format {FORMAT_VERSION} "
                          "(and upgrades format 1). Load it with the grndiff version that wrote it, or retrain.")
     return upgrade_payload(payload)
 

@@ -124,7 +124,7 @@ class FlowModule(L.LightningModule):
     """
 
     def __init__(self, inputs: dict | None = None, backbone: str = "grn", net_kwargs: dict | None = None,
-                 source: "str | dict | flow.Source" = "gaussian", time_schedule: str = "logit_normal",
+                 source: str | dict | flow.Source = "gaussian", time_schedule: str = "logit_normal",
                  ot_pairing: bool = False, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
                  max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1,
                  context_conditioning: bool = True, prediction: str = "velocity"):
@@ -232,7 +232,8 @@ class FlowModule(L.LightningModule):
         if pooling is not None and self.hparams.token_aux_weight > 0:
             out, extras = self.net(xt, t, seen, pert, return_tokens=True)
             aux = (extras["activity"] - pooling.pool_values(x1).detach()).square().mean()
-            return flow.flow_loss(self._as_velocity(out, xt, t, cond, pert), target) + self.hparams.token_aux_weight * aux
+            return (flow.flow_loss(self._as_velocity(out, xt, t, cond, pert), target)
+                    + self.hparams.token_aux_weight * aux)
         return flow.flow_loss(self._as_velocity(self.net(xt, t, seen, pert), xt, t, cond, pert), target)
 
     def _as_velocity(self, out: torch.Tensor, xt: torch.Tensor, t, cond=None, pert=None) -> torch.Tensor:
