@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.grndiff-installed
 
-.PHONY: install test test-fast demo bench-quick clean
+.PHONY: install lint test test-fast demo bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lint: $(STAMP)   # ruff comes with the test extra; installed here too for a .venv made before it did
+	$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install --quiet -c constraints.txt ruff
+	$(PY) -m ruff check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
