@@ -99,3 +99,130 @@ def test_lower_layers_never_import_higher_ones():
                     assert name not in higher_than[layer], f"{f.name} ({layer}) imports {m}"
                     if layer in ("nn", "flow"):
                         assert name not in ("anndata", "scanpy", "data"), f"{f.name} imports {m}"
+
+
+def _grndiff_modules() -> dict[str, Path]:
+    """Every module of the grndiff package (dotted name → file), packages as their ``__init__``."""
+    root = Path(gd.__file__).parent
+    out = {}
+    for f in sorted(root.rglob("*.py")):
+        parts = ["grndiff", *f.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+_IMPORT_EACH = """
+import importlib, sys, traceback
+failed = []
+for name in sys.argv[1:]:
+    for m in [m for m in sys.modules if m == "grndiff" or m.startswith("grndiff.")]:
+        del sys.modules[m]
+    try:
+        importlib.import_module(name)
+    except Exception:
+        failed.append(name + "\\n" + traceback.format_exc())
+print("\\n".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """Each module imported on its own (no grndiff module loaded before it): an import cycle that
+    only the usual import order hides fails here with ImportError. One interpreter, grndiff.*
+    cleared from sys.modules between modules (third-party packages stay loaded, so it is fast)."""
+    import os
+    import subprocess
+    import sys
+
+    names = sorted(_grndiff_modules())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(gd.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *names], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, f"modules that fail to import first:\n{res.stdout}\n{res.stderr[-3000:]}"
+
+
+def _module_level_imports(tree: ast.Module):
+    """Import statements that run when the module is imported: not those inside functions, nor
+    under ``if TYPE_CHECKING:`` (class bodies and top-level if/try/with blocks count)."""
+    def visit(nodes):
+        for node in nodes:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                yield node
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                yield from visit(node.orelse)
+            else:
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    yield from visit(getattr(node, field, []) or [])
+    yield from visit(tree.body)
+
+
+def _module_import_graph() -> dict[str, set[str]]:
+    """grndiff module → the grndiff modules it imports at module level (relative imports resolved).
+
+    ``from pkg import name`` counts ``pkg.name`` when that is a module, and ``pkg`` itself unless
+    ``pkg`` is a package above the importing module (already in ``sys.modules`` then: importing
+    its submodule does not wait for its ``__init__``)."""
+    modules = _grndiff_modules()
+    graph = {}
+    for name, f in modules.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in _module_level_imports(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+                continue
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:
+                if f"{mod}.{a.name}" in modules:  # a submodule: `from . import sibling` needs only the
+                    targets.add(f"{mod}.{a.name}")  # package object, which an ancestor always is by then
+                    if not name.startswith(mod + "."):
+                        targets.add(mod)
+                else:  # a name that mod's code defines
+                    targets.add(mod)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a closed path ``[a, b, ..., a]``, or ``None`` if it is acyclic."""
+    state, stack = {}, []  # state: 1 = on the current path, 2 = done
+
+    def dfs(u):
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                return stack[stack.index(v):] + [v]
+            if v not in state and (cycle := dfs(v)):
+                return cycle
+        stack.pop()
+        state[u] = 2
+        return None
+
+    for u in sorted(graph):
+        if u not in state and (cycle := dfs(u)):
+            return cycle
+    return None
+
+
+def test_find_cycle_reports_a_cycle_and_none_without():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle_among_grndiff_modules_at_module_level():
+    """Imports inside functions (the lazy ones that break cycles on purpose) do not count."""
+    graph = _module_import_graph()
+    assert "grndiff.data.ondisk" in graph["grndiff.data"] and "grndiff.flow.sources" in graph["grndiff.flow"]
+    cycle = _find_cycle(graph)
+    assert cycle is None, "module-level import cycle: " + " → ".join(cycle)
