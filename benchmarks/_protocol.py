@@ -1,4 +1,4 @@
-"""The evaluation protocol shared by the benchmarks (DESIGN.md §4), written once.
+"""The evaluation protocol shared by the benchmarks (docs/evaluation.md), written once.
 
 - :func:`log_expression` — library-size normalise to 1e4 and log1p (the space every score uses);
 - :func:`reference_pca` — the 30-PC space of the real cells a score may see (for perturbation:

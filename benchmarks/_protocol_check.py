@@ -1,4 +1,4 @@
-"""Sanity check of the evaluation protocol (DESIGN.md §4) on kang2018: not a benchmark, not a test.
+"""Sanity check of the evaluation protocol (docs/evaluation.md) on kang2018: not a benchmark, not a test.
 
 Reproduces the reference points the team relies on:
 

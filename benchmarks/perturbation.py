@@ -1,4 +1,4 @@
-"""Perturbation prediction benchmark (DESIGN.md §4): unseen contexts and unseen knock-outs.
+"""Perturbation prediction benchmark (docs/evaluation.md): unseen contexts and unseen knock-outs.
 
 One command, results in ``benchmarks/results/perturbation.{json,md}``:
 

@@ -320,6 +320,8 @@ class GRNDiff(TokenReadout):
         trained with ``gate=False``); ``flow=False`` returns the source's estimate alone (no network),
         ``flow=True`` the whole flow. Conditions not given in ``conditions`` are taken from ``adata_ctrl.obs``. A model
         whose source only generates (``gaussian``, ``noise``) raises a ``ValueError`` naming what to set.
+        The prediction is deterministic (an ODE from the given cells): ``seed`` changes nothing and is
+        kept for the signature ``sample`` shares.
 
         Returns
         -------

@@ -1,4 +1,5 @@
-"""Rectified-flow math, pure torch (no AnnData, no other grndiff subpackage).
+"""Rectified-flow math on tensors: torch, with numpy/scipy where a step runs on the CPU anyway (the
+minibatch OT assignment, the shifted control's fitting); no AnnData, no other grndiff subpackage.
 
 Conventions: time ``t ∈ [0, 1]``; ``x₀`` the source, ``x₁`` the data; path
 ``x_t = (1 − t) x₀ + t x₁``; target ``u = x₁ − x₀``; a velocity callable is

@@ -1,6 +1,6 @@
 """How good are generated or predicted cells? Numpy/scipy/POT cores and one AnnData entry point.
 
-- :func:`evaluate` — the generation-fidelity protocol (``DESIGN.md`` §4) on two AnnData.
+- :func:`evaluate` — the generation-fidelity protocol (``docs/evaluation.md``) on two AnnData.
 - distances on ``(B, D)`` arrays: :func:`energy_distance`, :func:`mmd_rbf`,
   :func:`wasserstein2`, :func:`classifier_auc`.
 - gene space ``(B, G)``: :func:`mean_pearson`, :func:`var_pearson`, :func:`zero_frac_error`,

@@ -1,7 +1,7 @@
 """Two-sample distances between cell populations, on plain ``(B, D)`` arrays.
 
 All functions take two samples ``x`` ``(n, D)`` and ``y`` ``(m, D)`` (the protocol of
-``DESIGN.md`` §4 passes 30-PC coordinates) and return one float:
+``docs/evaluation.md`` passes 30-PC coordinates) and return one float:
 
 - :func:`energy_distance` — Székely & Rizzo's energy distance, ``2E|X−Y| − E|X−X'| − E|Y−Y'|``.
 - :func:`mmd_rbf` — squared maximum mean discrepancy with RBF kernels at several bandwidths

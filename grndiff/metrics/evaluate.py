@@ -1,4 +1,4 @@
-"""``evaluate(real, generated)``: the generation-fidelity protocol of ``DESIGN.md`` §4 on AnnData.
+"""``evaluate(real, generated)``: the generation-fidelity protocol of ``docs/evaluation.md`` on AnnData.
 
 Protocol
 --------

@@ -1,6 +1,6 @@
 """A fitted PCA as plain arrays: the shared coordinate system of every distance metric.
 
-The evaluation protocol (``DESIGN.md`` §4) measures distances in the 30-PC space of *all real
+The evaluation protocol (``docs/evaluation.md``) measures distances in the 30-PC space of *all real
 cells*; generated cells are projected with that same fit. This module holds that fit as a small
 dataclass (``mean``, ``components``) so that benchmarks can fit it once and pass it around.
 
