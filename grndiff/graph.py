@@ -28,13 +28,21 @@ import pandas as pd
 import torch
 
 from . import priors as _priors
+from .edge_types import (  # noqa: F401  (re-exported: grndiff.graph.EDGE_* is where users look)
+    EDGE_KNN,
+    EDGE_PRIOR,
+    EDGE_REVERSE,
+    EDGE_SELF,
+    EDGE_SIGNAL,
+    EDGE_SIGNAL_REVERSE,
+    EDGE_TYPE_NAMES,
+    FROM_PRIOR_EDGE_TYPES,
+    PRIOR_EDGE_TYPES,
+)
 from .priors.coexpression import knn_edges
 
 log = logging.getLogger("grndiff")
 
-EDGE_PRIOR, EDGE_REVERSE, EDGE_SELF, EDGE_KNN, EDGE_SIGNAL, EDGE_SIGNAL_REVERSE = 0, 1, 2, 3, 4, 5
-EDGE_TYPE_NAMES = ("prior", "reverse", "self-loop", "kNN", "signalling", "signalling reverse")
-PRIOR_EDGE_TYPES = (EDGE_PRIOR, EDGE_SIGNAL)  # edges read from a prior, in their own direction
 
 
 class GeneGraph:
@@ -103,8 +111,7 @@ class GeneGraph:
         if E and (int(self.edge_type.min()) < 0 or int(self.edge_type.max()) > EDGE_SIGNAL_REVERSE):
             raise ValueError("edge_type must be 0 (prior), 1 (reverse), 2 (self-loop), 3 (kNN), 4 (signalling) or "
                              "5 (signalling reverse)")
-        from_prior = torch.isin(self.edge_type, torch.tensor([EDGE_PRIOR, EDGE_REVERSE, EDGE_SIGNAL,
-                                                              EDGE_SIGNAL_REVERSE]))
+        from_prior = torch.isin(self.edge_type, torch.tensor(FROM_PRIOR_EDGE_TYPES))
         self.edge_prior = (torch.where(from_prior, 0, -1) if edge_prior is None
                            else torch.as_tensor(edge_prior, dtype=torch.long).reshape(-1))  # (E,)
         self.prior_names = [str(p) for p in (prior_names or ["prior"])]

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-PROPAGATED_EDGE_TYPES = (0, 4)  # regulation and signalling prior edges (grndiff.graph.PRIOR_EDGE_TYPES)
+from ..edge_types import PRIOR_EDGE_TYPES
+
+PROPAGATED_EDGE_TYPES = PRIOR_EDGE_TYPES  # a perturbation flag travels along the prior's own edges
 EMBEDDERS: dict = {}  # kind → builder(spec, hidden) -> nn.Module mapping a condition's codes to (B, D)
 NULL_CODES: dict = {}  # kind → the code value of its null token (CFG / unconditional)
 

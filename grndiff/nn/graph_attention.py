@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import softmax as segment_softmax
 
+from ..edge_types import N_EDGE_TYPES, N_EDGE_TYPES_ALL
 from ._cache import weight_cached
 from .sparse_graph import (
     BlockGraph,
@@ -58,8 +59,6 @@ from .sparse_graph import (
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 N_SIGNS = 3  # -1, 0, +1 → 0, 1, 2
-N_EDGE_TYPES = 4  # prior, reverse, self-loop, kNN: the type-bias rows of a graph without signalling edges
-N_EDGE_TYPES_ALL = 6  # + signalling, signalling reverse (grndiff.graph): rows when a graph has them
 
 
 class GraphAttention(nn.Module):

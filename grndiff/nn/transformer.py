@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..edge_types import EDGE_SELF
 from .blocks import FinalLayer, GraphDiTBlock, TokenBlock
 from .conditions import ConditionEmbedder, PerturbationEmbedder
 from .embed import GeneEmbedder, TimestepEmbedder
@@ -114,7 +115,7 @@ class GRNTransformer(VelocityField):
         n_nodes = n_genes + n_latent
         if edge_index is None:  # self-loops only: a node-wise model
             edge_index = torch.arange(n_nodes).repeat(2, 1)
-            edge_type = torch.full((n_nodes,), 2, dtype=torch.long)
+            edge_type = torch.full((n_nodes,), EDGE_SELF, dtype=torch.long)
         self.n_genes, self.n_latent, self.hidden = n_genes, n_latent, hidden
         self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
         self.t_embed = TimestepEmbedder(hidden)
