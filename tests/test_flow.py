@@ -444,3 +444,16 @@ def test_flow_is_pure_torch():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for name in names:
                 assert name.split(".")[0] not in {"anndata", "scanpy", "grndiff", "pandas"}, (path.name, name)
+
+
+def test_condition_groups_one_helper_missing_values_and_perturbation_sets():
+    from grndiff.flow.groups import MISSING, condition_keys, condition_matrix, group_index
+    cond = {"cell_type": torch.tensor([1, 1, 2, 1]), "dose": torch.tensor([0.5, float("nan"), 0.5, 0.5])}
+    m = condition_matrix(cond, ["cell_type", "dose", "absent"], 4)
+    assert m.shape == (4, 3) and m[1, 1] == MISSING and (m[:, 2] == MISSING).all()
+    pert = torch.tensor([[3, -1], [-1, 3], [3, 5], [5, 3]])  # the same set in either order, padding anywhere
+    keys = condition_keys(cond, pert, ["cell_type"], 4, with_pert=True)
+    assert keys[0] == keys[1] == (1.0, 3.0) and keys[3] == (1.0, 3.0, 5.0)
+    g = group_index({"cell_type": cond["cell_type"]}, pert, 4)
+    assert g[0] == g[1] and len({int(g[0]), int(g[2]), int(g[3])}) == 3
+    assert group_index(None, None, 3).tolist() == [0, 0, 0]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import grndiff as gd
-from grndiff.flow.sources import group_ids, group_radix
+from grndiff.flow.groups import group_ids, group_radix
 from grndiff.nn import ConditionEmbedder, VelocityField
 from grndiff.train import BACKBONES, EMA, register_backbone
 

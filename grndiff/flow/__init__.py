@@ -9,9 +9,11 @@ Conventions: time ``t ∈ [0, 1]``; ``x₀`` the source, ``x₁`` the data; path
 - :mod:`.sources`: the :class:`Source` objects (:class:`NoiseSource`, :class:`GaussianSource`,
   :class:`ControlSource`) and :func:`make_source`; :mod:`.transport`: :class:`ShiftedControlSource`
 - :mod:`.schedule`: :func:`sample_time` (logit-normal or uniform)
+- :mod:`.groups`: which group a cell is in (:func:`group_ids`, :func:`condition_keys`, :func:`group_index`)
 - :mod:`.ot`: :func:`ot_pair_indices` (minibatch OT, within condition groups)
 - :mod:`.samplers`: :func:`euler`, :func:`heun`, :func:`dopri5`, :func:`sample_ode`, :func:`count_nfe`
 """
+from .groups import condition_keys, group_ids, group_index
 from .ot import ot_pair_indices
 from .paths import flow_loss, interpolate, target_velocity, velocity_from_data
 from .samplers import NFETally, Velocity, count_nfe, dopri5, euler, heun, sample_ode
@@ -22,7 +24,6 @@ from .sources import (
     NoiseSource,
     PerGroupGaussian,
     Source,
-    group_ids,
     make_source,
     register_source,
     seeded_noise,
@@ -31,6 +32,6 @@ from .sources import (
 from .transport import ShiftedControlSource
 
 __all__ = ["ControlSource", "GaussianSource", "NFETally", "NoiseSource", "PerGroupGaussian", "ShiftedControlSource",
-           "Source", "Velocity", "count_nfe", "dopri5", "euler", "flow_loss", "group_ids", "heun", "interpolate",
-           "make_source", "ot_pair_indices", "register_source", "sample_ode", "sample_time", "seeded_noise",
-           "source_classes", "target_velocity", "velocity_from_data"]
+           "Source", "Velocity", "count_nfe", "dopri5", "euler", "condition_keys", "flow_loss", "group_ids",
+           "group_index", "heun", "interpolate", "make_source", "ot_pair_indices", "register_source", "sample_ode",
+           "sample_time", "seeded_noise", "source_classes", "target_velocity", "velocity_from_data"]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .gaussian import PerGroupGaussian, seeded_noise
+from .groups import group_ids, group_radix
 
 __all__ = ["Source", "NoiseSource", "GaussianSource", "ControlSource", "PerGroupGaussian", "seeded_noise",
            "make_source", "register_source", "source_classes", "group_radix", "group_ids"]
@@ -55,10 +56,6 @@ def register_source(cls: type) -> type:
         raise ValueError(f"{cls.__name__} needs its own `name` (a non-empty string) to be registered")
     _SOURCES[name] = cls
     return cls
-
-
-def _spec(s, key):
-    return s[key] if isinstance(s, dict) else getattr(s, key)
 
 
 class Source(nn.Module):
@@ -184,30 +181,6 @@ def _checked_control(x1: torch.Tensor, x_ctrl: torch.Tensor | None, name: str) -
         raise ValueError(f"the paired control cells have shape {tuple(x_ctrl.shape)} but the batch is "
                          f"{tuple(x1.shape)}: pair one control cell with every data cell, over the same genes")
     return x_ctrl.to(x1.dtype)
-
-
-def group_radix(specs, max_groups: int = 100_000) -> list[tuple[str, int]]:
-    """(name, number of categories) of the categorical conditions, for per-group sources; empty
-    (one pooled group) when their combinations would exceed ``max_groups``."""
-    out = [(_spec(s, "name"), int(_spec(s, "n_categories"))) for s in (specs or [])
-           if _spec(s, "kind") == "categorical"]
-    total = 1
-    for _, r in out:
-        total *= max(r, 1)
-    return out if total <= max_groups else []
-
-
-def group_ids(radix: list[tuple[str, int]], cond: dict | None, n: int, device=None) -> torch.Tensor:
-    """Group id (n,) of each cell's categorical conditions: a mixed-radix number over the codes,
-    + 1; 0 = a cell with a null/unknown code (→ the pooled group)."""
-    if not radix or not cond or any(name not in cond for name, _ in radix):
-        return torch.zeros(n, dtype=torch.long, device=device)
-    key, null = 0, None
-    for name, r in radix:
-        code = torch.as_tensor(cond[name]).long()
-        key = key * r + (code - 1).clamp_min(0)
-        null = (code <= 0) if null is None else (null | (code <= 0))
-    return torch.where(null, torch.zeros_like(key), key + 1).to(device)
 
 
 class GaussianSource(Source):

@@ -34,30 +34,14 @@ import numpy as np
 import torch
 
 from .gaussian import PerGroupGaussian
+from .groups import condition_keys
 from .sources import Source, _checked_control
 
-__all__ = ["ShiftedControlSource", "condition_keys_of"]
+__all__ = ["ShiftedControlSource"]
 
 _RESIZABLE = ("bank_z", "bank_d", "bank_pair", "pair_label", "pair_ctx", "pair_shift", "pair_err", "label_table",
               "ctx_table")
 COUPLINGS = ("auto", "lowrank", "residual", "full")
-
-
-def condition_keys_of(cond: dict | None, pert: torch.Tensor | None, names: Sequence[str], n: int,
-                      with_pert: bool) -> list[tuple]:
-    """One hashable key per cell (n tuples): the values of conditions ``names`` (codes or numbers,
-    missing → −7) and, if ``with_pert``, the sorted set of perturbed gene indices."""
-    cols = []
-    for name in names:
-        if cond is None or name not in cond:
-            cols.append(torch.full((n, 1), -7.0, dtype=torch.float64))
-        else:
-            cols.append(torch.as_tensor(cond[name]).detach().cpu().reshape(n, -1).double())
-    base = torch.nan_to_num(torch.cat(cols, 1), nan=-7.0).tolist() if cols else [[] for _ in range(n)]
-    if not with_pert or pert is None:
-        return [tuple(r) for r in base]
-    p = torch.as_tensor(pert).detach().cpu().reshape(n, -1).long().sort(dim=1).values.tolist()
-    return [tuple(r) + tuple(float(g) for g in ps if g >= 0) for r, ps in zip(base, p)]
 
 
 class ShiftedControlSource(Source):
@@ -163,8 +147,8 @@ class ShiftedControlSource(Source):
 
     # ------------------------------------------------------------------- keys
     def _keys(self, cond, pert, n):
-        labels = condition_keys_of(cond, pert, self.label_names, n, with_pert=True)
-        ctxs = condition_keys_of(cond, None, self.context_names, n, with_pert=False)
+        labels = condition_keys(cond, pert, self.label_names, n, with_pert=True)
+        ctxs = condition_keys(cond, None, self.context_names, n, with_pert=False)
         return labels, ctxs
 
     @staticmethod

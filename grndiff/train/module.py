@@ -223,7 +223,7 @@ class FlowModule(L.LightningModule):
         cond, pert = batch.get("cond", {}), batch.get("pert")
         x0 = self.source.pair(x1, cond, pert, batch.get("x0"), generator=generator)
         if self.hparams.ot_pairing:
-            x0 = x0[flow.ot_pair_indices(x0, x1, groups=_condition_groups(cond, pert, B, x1.device))]
+            x0 = x0[flow.ot_pair_indices(x0, x1, groups=flow.group_index(cond, pert, B, x1.device))]
         t = flow.sample_time(B, schedule=self.hparams.time_schedule, generator=generator, device=x1.device)
         xt = flow.interpolate(x0, x1, t)
         target = flow.target_velocity(x0, x1)
@@ -349,14 +349,4 @@ def _set_rng_state(state: dict) -> None:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
-
-def _condition_groups(cond: dict, pert, B: int, device) -> torch.Tensor:
-    """Integer id per cell of its full condition tuple (B,), for OT pairing within groups."""
-    cols = [v.reshape(B, -1).float() for v in cond.values()]
-    if pert is not None:
-        cols.append(pert.reshape(B, -1).float())
-    if not cols:
-        return torch.zeros(B, dtype=torch.long, device=device)
-    key = torch.nan_to_num(torch.cat(cols, dim=1), nan=-7.0)
-    return torch.unique(key, dim=0, return_inverse=True)[1]
 
