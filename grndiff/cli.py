@@ -90,16 +90,13 @@ def _data_module_class():
                     "graph": self.graph.to_state(), "var": var_to_state(self.adata.var, self.processor.genes)}
 
         def _dm(self):
-            if self._inner is None:
-                from .data import GRNDataModule
+            if self._inner is None:  # the factory the Python API uses (grndiff.data.ondisk.datamodule)
+                from .data import ondisk
                 hp = self.hparams
-                self._inner = GRNDataModule(self.processor.prepare(self.adata), self.processor.scaler, self.adata.obs,
-                                            batch_size=hp.batch_size, val_fraction=hp.val_fraction,
-                                            split_seed=hp.split_seed, stratify_key=hp.stratify_key,
-                                            source="control" if self.with_controls else "noise",
-                                            match_keys=hp.match_keys,
-                                            control_mask=self.processor.control_mask(self.adata),
-                                            num_workers=hp.num_workers)
+                self._inner = ondisk.datamodule(self.processor, self.adata, with_controls=self.with_controls,
+                                                match_keys=hp.match_keys, batch_size=hp.batch_size,
+                                                val_fraction=hp.val_fraction, split_seed=hp.split_seed,
+                                                stratify_key=hp.stratify_key, num_workers=hp.num_workers)
             return self._inner
 
         def setup(self, stage: str | None = None):

@@ -249,7 +249,7 @@ class GRNDiff(TokenReadout):
 
     def datamodule(self, adata: ad.AnnData, **kw) -> L.LightningDataModule:
         """The data module this model trains on (streamed from disk for a backed AnnData)."""
-        return ondisk.datamodule(self.processor, adata, needs_control=self.module.source.needs_control,
+        return ondisk.datamodule(self.processor, adata, with_controls=self.module.source.needs_control,
                                  match_keys=self.config["match_keys"], **kw)
 
     def _ensure_source(self, adata: ad.AnnData | None = None) -> None:

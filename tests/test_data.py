@@ -309,7 +309,7 @@ def test_control_pairing_matches_on_keys_and_is_seeded():
     assert np.array_equal(ctrl, (a.obs["condition"] == "ctrl").to_numpy())
 
     def pairs(seed):
-        dm = GRNDataModule(data, proc.scaler, a.obs, batch_size=32, source="control", match_keys=["cell_type"],
+        dm = GRNDataModule(data, proc.scaler, a.obs, batch_size=32, with_controls=True, match_keys=["cell_type"],
                            control_mask=ctrl, split_seed=seed)
         out = [(bi.target, bi.source) for bi in dm.train_dataloader().sampler]
         return dm, out
@@ -326,13 +326,14 @@ def test_control_pairing_matches_on_keys_and_is_seeded():
     obs = a.obs.copy()
     no_ctrl = ctrl & (obs["cell_type"] == "B cells").to_numpy()
     with pytest.raises(ValueError, match=r"B cells.*no control cells"):
-        GRNDataModule(data, proc.scaler, obs, source="control", match_keys=["cell_type"], control_mask=ctrl & ~no_ctrl)
+        GRNDataModule(data, proc.scaler, obs, with_controls=True, match_keys=["cell_type"],
+                      control_mask=ctrl & ~no_ctrl)
 
 
 def test_perturbation_controls_default_for_source_control():
     a = _setup(_adata(n=150))
     proc = ExpressionProcessor().fit(a)
-    dm = GRNDataModule(proc.prepare(a), proc.scaler, a.obs, batch_size=8, source="control")
+    dm = GRNDataModule(proc.prepare(a), proc.scaler, a.obs, batch_size=8, with_controls=True)
     b = next(iter(dm.train_dataloader()))
     assert "x0" in b and b["x0"].shape == (8, len(GENES))
     assert np.array_equal(proc.control_mask(a), a.obs["perturbation"].isin(["control"]).to_numpy())
@@ -367,7 +368,7 @@ def test_datamodule_under_lightning_without_validation():
 
     a = _setup(_adata(n=100))
     proc = ExpressionProcessor().fit(a)
-    dm = GRNDataModule(proc.prepare(a), proc.scaler, a.obs, batch_size=32, val_fraction=0.0, source="control",
+    dm = GRNDataModule(proc.prepare(a), proc.scaler, a.obs, batch_size=32, val_fraction=0.0, with_controls=True,
                        match_keys=["cell_type"])
     m = Tiny(a.n_vars)
     L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -385,3 +386,13 @@ def test_perturbations_matched_through_symbol_key():
     pert = proc.prepare(a).pert
     row = np.flatnonzero((a.obs["perturbation"] == "KLF1").to_numpy())[0]
     assert pert[row].tolist() == [GENES.index("KLF1"), -1]
+
+
+def test_data_module_old_source_spelling_still_pairs_with_a_warning():
+    a = _setup(_adata(n=150))
+    proc = ExpressionProcessor().fit(a)
+    with pytest.warns(FutureWarning, match="with_controls"):
+        dm = GRNDataModule(proc.prepare(a), proc.scaler, a.obs, batch_size=8, source="control")
+    assert dm.with_controls and "x0" in next(iter(dm.train_dataloader()))
+    with pytest.raises(ValueError, match="with_controls"):
+        GRNDataModule(proc.prepare(a), proc.scaler, a.obs, source="shifted")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import lightning as L
 import numpy as np
@@ -14,9 +15,6 @@ from .normalize import GeneScaler
 from .processor import CellData
 
 log = logging.getLogger("grndiff")
-
-SOURCES = ("noise", "control", "gaussian")
-
 
 def holdout_mask(obs: pd.DataFrame, holdout: dict | None) -> np.ndarray:
     """(N,) bool: cells in the held-out groups.
@@ -100,10 +98,12 @@ class GRNDataModule(L.LightningDataModule):
     batch_size, val_fraction, split_seed, stratify_key, holdout
         See :func:`split_indices`; ``split_seed`` also seeds the per-epoch shuffling and pairing.
         Held-out cells are in :attr:`holdout_indices`, in neither loader.
-    source
-        ``"noise"`` or ``"gaussian"`` (batches carry no ``x0``) or ``"control"`` (each cell gets ``x0``, a random
-        control cell of the same ``match_keys`` group, drawn afresh every epoch from the
-        training split's control cells, also for validation batches).
+    with_controls
+        ``False``: batches carry no ``x0``; ``True``: each cell gets ``x0``, a random control cell of
+        the same ``match_keys`` group, drawn afresh every epoch from the training split's control
+        cells, also for validation batches (what a source with ``needs_control`` trains on).
+        ``source="control"`` / ``"noise"`` / ``"gaussian"`` (the old spelling) still works, with a
+        ``FutureWarning``.
     match_keys
         ``obs`` columns a control must share with its target, e.g. ``["cell_type"]``.
     control_mask, control_obs
@@ -116,16 +116,23 @@ class GRNDataModule(L.LightningDataModule):
 
     def __init__(self, cell_data: CellData, scaler: GeneScaler, obs: pd.DataFrame, *, batch_size: int = 128,
                  val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
-                 holdout: dict[str, list] | None = None, source: str = "noise", match_keys: list[str] | None = None,
-                 control_mask=None, control_obs: dict | None = None, num_workers: int = 0, drop_last: bool = True):
+                 holdout: dict[str, list] | None = None, with_controls: bool = False,
+                 match_keys: list[str] | None = None, control_mask=None, control_obs: dict | None = None,
+                 num_workers: int = 0, drop_last: bool = True, source: str | None = None):
         super().__init__()
         if len(obs) != cell_data.n_obs:
             raise ValueError(f"obs has {len(obs)} rows but cell_data has {cell_data.n_obs} cells; pass the obs of "
                              "the same AnnData that was prepared")
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        if source is not None:  # the old spelling: the data layer does not know the flow's source names
+            if source not in ("noise", "control", "gaussian"):
+                raise ValueError(f"source must be 'noise', 'control' or 'gaussian', got {source!r}; pass "
+                                 "with_controls=True/False instead")
+            warnings.warn("GRNDataModule(source=...) is deprecated: pass with_controls=True (paired control "
+                          "cells) or False", FutureWarning, stacklevel=2)
+            with_controls = source == "control"
         self.cell_data, self.scaler, self.obs = cell_data, scaler, obs
-        self.batch_size, self.split_seed, self.source = int(batch_size), int(split_seed), source
+        self.batch_size, self.split_seed = int(batch_size), int(split_seed)
+        self.with_controls = bool(with_controls)
         self.num_workers, self.drop_last = int(num_workers), bool(drop_last)
         self.match_keys = [match_keys] if isinstance(match_keys, str) else list(match_keys or [])
         self.train_indices, self.val_indices = split_indices(obs, val_fraction=val_fraction, seed=split_seed,
@@ -134,7 +141,7 @@ class GRNDataModule(L.LightningDataModule):
         if self.train_indices.size == 0:
             raise ValueError("no training cells left after the validation split and holdout")
         self.pairing = None
-        if source == "control":
+        if self.with_controls:
             self.pairing = self._pairing(control_mask, control_obs)
         self.dataset = CellDataset(cell_data, scaler)
         log.info("grndiff: %d training, %d validation, %d held-out cells", self.train_indices.size,
@@ -151,7 +158,7 @@ class GRNDataModule(L.LightningDataModule):
         if control_mask is None and self.cell_data.pert is not None:
             control_mask = (self.cell_data.pert < 0).all(axis=1)  # no perturbed gene
         if control_mask is None:
-            raise ValueError("source='control' needs to know the control cells: register a perturbation_key, or "
+            raise ValueError("with_controls=True needs to know the control cells: register a perturbation_key, or "
                              "pass control_obs={'condition': 'ctrl'} (setup_anndata or the data module)")
         groups, names = match_groups(self.obs, self.match_keys)
         pairing = ControlPairing(groups, control_mask, pool=self.train_indices, group_names=names,

@@ -85,7 +85,7 @@ def median_library_size(adata, setup: dict) -> float:
     return float(np.median(tot)) if tot.size else 1e4
 
 
-def datamodule(processor, adata, *, needs_control: bool, match_keys=None, batch_size: int = 64,
+def datamodule(processor, adata, *, with_controls: bool, match_keys=None, batch_size: int = 64,
                val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
                holdout: dict | None = None, **kw):
     """The data module a model trains on: :class:`~grndiff.data.GRNDataModule` over prepared cells
@@ -93,14 +93,14 @@ def datamodule(processor, adata, *, needs_control: bool, match_keys=None, batch_
     if not streams(adata, processor.layer):
         return GRNDataModule(processor.prepare(adata), processor.scaler, adata.obs, batch_size=batch_size,
                              val_fraction=val_fraction, split_seed=split_seed, stratify_key=stratify_key,
-                             holdout=holdout, source="control" if needs_control else "noise", match_keys=match_keys,
+                             holdout=holdout, with_controls=with_controls, match_keys=match_keys,
                              control_mask=processor.control_mask(adata), **kw)
     refused = {"holdout": holdout, "stratify_key": stratify_key}
     for name, value in refused.items():
         if value:
             raise ValueError(f"{name}= needs the cells in memory, but this AnnData is backed (X on disk). Load it "
                              f"(adata = adata.to_memory()) or leave {name} out.")
-    if needs_control:
+    if with_controls:
         raise ValueError("this model's source pairs every cell with a control cell, which streaming from disk does "
                          "not do yet. Build the model with source='gaussian' (or 'noise'), or load the AnnData into "
                          "memory (adata.to_memory()).")
