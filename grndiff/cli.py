@@ -99,6 +99,11 @@ def _data_module_class():
                                                 stratify_key=hp.stratify_key, num_workers=hp.num_workers)
             return self._inner
 
+        @property
+        def inner(self):
+            """The in-memory / streaming data module this one wraps (built on first use)."""
+            return self._dm()
+
         def setup(self, stage: str | None = None):
             self._dm().setup(stage)
 

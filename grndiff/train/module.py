@@ -163,11 +163,10 @@ class FlowModule(L.LightningModule):
         """Fit a data-dependent source on the training cells (at most 20,000, seeded subset).
 
         ``data`` is a data module with ``dataset``/``train_indices`` (and ``pairing`` for the
-        control cells), or an iterable of training batches.
+        control cells), one that wraps such a module as ``inner``, or an iterable of training batches.
         """
-        inner = getattr(data, "_dm", None)  # the CLI's data module wraps a GRNDataModule
-        if callable(inner) and not hasattr(data, "dataset"):
-            data = inner()
+        if not hasattr(data, "dataset") and getattr(data, "inner", None) is not None:
+            data = data.inner  # a wrapping data module (the CLI's) exposes the one it wraps
         if hasattr(data, "dataset") and hasattr(data, "train_indices"):
             idx = np.asarray(data.train_indices)
             if idx.size > 20_000:
