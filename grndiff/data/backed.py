@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .normalize import MIN_STD, GeneScaler, log1p_cp10k
+from .normalize import MIN_STD, GeneScaler, check_values, decide_kind, log1p_cp10k
 
 log = logging.getLogger("grndiff")
 
@@ -342,3 +342,48 @@ class BackedDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return [] if self.val_set is None else self._loader(self.val_set)
+
+
+# ------------------------------------------------- streamed checks (used by the processor and setup_anndata)
+BLOCK = 20_000  # rows read at a time by the streamed checks
+
+
+def streams(adata, layer: str | None) -> bool:
+    """True when the expression of ``adata`` stays on disk (backed, read from ``X``)."""
+    return bool(getattr(adata, "isbacked", False)) and layer is None
+
+
+def detect_kind_streamed(path, *, layer: str | None = None, field: str = "adata.X", declared: str | None = None) -> str:
+    """:func:`~grndiff.data.detect_kind` of a matrix on disk, block by block (same rule, same errors)."""
+    reader = BackedCSR(path, layer)
+    vmax, n_frac, n = 0.0, 0, 0
+    try:
+        for _, block in reader.blocks(BLOCK):
+            v, f = check_values(block, field=field)
+            vmax, n_frac, n = max(vmax, v), n_frac + f, n + block.nnz
+    finally:
+        reader.close()
+    return decide_kind(vmax, n_frac, n, field=field, declared=declared)
+
+
+def fit_scaler(processor, adata):
+    """The processor's per-gene scaler, streamed from the backed file."""
+    return streaming_scaler(adata.filename, processor.layer, kind=processor.kind, target_sum=processor.target_sum,
+                            min_std=processor.min_std)
+
+
+def median_library_size(adata, setup: dict) -> float:
+    """Median counts per cell of the registered layer (1e4 for log1p data), streamed when backed."""
+    if setup.get("kind", "counts") != "counts":
+        return 1e4
+    layer = setup.get("layer")
+    if streams(adata, layer):
+        reader = BackedCSR(adata.filename, None)
+        try:
+            tot = np.concatenate([np.asarray(b.sum(1)).ravel() for _, b in reader.blocks(BLOCK)])
+        finally:
+            reader.close()
+    else:
+        X = adata.layers[layer] if layer else adata.X
+        tot = np.asarray(X.sum(1)).ravel()
+    return float(np.median(tot)) if tot.size else 1e4

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .backed import fit_scaler, streams
 from .condition_set import ConditionSet
 from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k
 from .setup import get_setup
@@ -86,7 +87,6 @@ class ExpressionProcessor:
             self.kind = detect_kind(X, field=field)
         log.info("grndiff: expression from %s: %s", field,
                  "raw counts → CP10k + log1p" if self.kind == "counts" else "already log1p-normalised, used as is")
-        from .ondisk import fit_scaler, streams
         if streams(adata, self.layer):  # a backed AnnData: X stays on disk, the statistics are streamed
             self.scaler = fit_scaler(self, adata)
         else:

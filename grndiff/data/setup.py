@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .conditions import warn
+from .backed import detect_kind_streamed
+from .conditions import ENCODERS, warn
 from .normalize import KINDS, detect_kind
 from .perturbation import KIND_ALIASES, PERTURBATION_KINDS, canonical_kind
 
@@ -101,7 +102,6 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} or None (detect), got {kind!r}")
 
-    from .conditions import ENCODERS
     condition_kinds = {str(k): str(v) for k, v in (condition_kinds or {}).items()}
     unknown_kinds = sorted({v for v in condition_kinds.values() if v not in ENCODERS})
     if unknown_kinds:
@@ -138,7 +138,6 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     X, field = _get_matrix(adata, layer)
     declared = kind if kind is not None else ("counts" if layer == "counts" else None)
     if getattr(adata, "isbacked", False) and layer is None:  # X stays on disk: checked block by block
-        from .ondisk import detect_kind_streamed
         found = detect_kind_streamed(adata.filename, field=field, declared=declared)
     else:
         found = detect_kind(X, field=field, declared=declared)

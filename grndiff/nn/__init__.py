@@ -1,5 +1,6 @@
 """Pure-torch model components (no AnnData). Axis glossary: B cells, G genes, E edges,
 P module tokens, D hidden, H heads."""
+from .backbones import BACKBONES, backbone_options, build_backbone, register_backbone
 from .baselines import MLPVelocity, gene_token_transformer, modules_only
 from .blocks import AdaLNBlock, FinalLayer, FullAttention, GraphDiTBlock, TokenBlock, modulate
 from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder, register_condition_embedder
@@ -10,6 +11,7 @@ from .transformer import GRNTransformer
 from .velocity import VelocityField
 
 __all__ = [
+    "BACKBONES", "backbone_options", "build_backbone", "register_backbone",
     "AdaLNBlock", "ConditionEmbedder", "ConditionSpec", "FinalLayer", "FullAttention", "GRNTransformer",
     "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "MLPVelocity", "ModulePooling",
     "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "VelocityField", "gene_token_transformer", "modulate",

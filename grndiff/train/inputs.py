@@ -1,8 +1,8 @@
 """What a :class:`~grndiff.train.FlowModule` is built from, written once for the Python API and the CLI.
 
-``NET_OPTIONS``/``FLOW_OPTIONS`` are read from the signatures of
-:class:`~grndiff.nn.GRNTransformer` and :class:`~grndiff.train.FlowModule`, so an option is
-written in exactly one signature.
+``FLOW_OPTIONS`` is read from the signature of :class:`~grndiff.train.FlowModule` and a backbone's
+options from its builder's (:mod:`grndiff.nn.backbones`), so an option is written in exactly one
+signature.
 """
 from __future__ import annotations
 
@@ -14,26 +14,11 @@ import torch
 
 from ..data import ExpressionProcessor
 from ..graph import GeneGraph
-from ..nn import GRNTransformer
-from .module import BACKBONES, FlowModule
+from ..nn.backbones import NET_OPTIONS, backbone_options  # noqa: F401  (re-exported)
+from .module import FlowModule
 
-NET_OPTIONS = tuple(n for n, p in inspect.signature(GRNTransformer.__init__).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY and n not in ("perturbation", "n_latent"))  # set from the data
 FLOW_OPTIONS = tuple(n for n in inspect.signature(FlowModule.__init__).parameters
                      if n not in ("self", "inputs", "backbone", "net_kwargs", "source", "max_steps"))
-
-
-def backbone_options(backbone: str = "grn") -> tuple[str, ...]:
-    """The architecture options backbone ``backbone`` takes: its builder's own keyword arguments
-    (:func:`~grndiff.train.register_backbone`), plus the graph transformer's when the builder
-    passes ``**options`` on to it."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
-    params = list(inspect.signature(BACKBONES[backbone]).parameters.values())[1:]  # after `inputs`
-    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        named += list(NET_OPTIONS)
-    return tuple(dict.fromkeys(named))
 
 
 def check_options(options: dict, backbone: str = "grn") -> None:
