@@ -82,14 +82,16 @@ def seed_summary(records: list, groups=("all",)) -> pd.DataFrame:
     return g.agg(mean="mean", sd="std", n="count").reset_index()
 
 
-def papalexi_measured(quick_cells: int | None = None):
+def papalexi_measured(quick_cells: int | None = None, extra_genes=()):
     """``gd.datasets.papalexi2021()`` restricted to control + the knock-outs of *measured* genes (a
-    knock-out of an unmeasured gene cannot be a node intervention), registered for grndiff;
+    knock-out of an unmeasured gene cannot be a node intervention) and of ``extra_genes`` (e.g. the
+    genes of a prior, whose knock-outs become latent nodes), registered for grndiff;
     ``quick_cells`` keeps that many cells per label (seeded) for CI runs."""
     import grndiff as gd
     adata = gd.datasets.papalexi2021()
     lab = adata.obs["perturbation"].astype(str)
-    adata = adata[((lab == "control") | lab.isin(set(adata.var_names))).to_numpy()].copy()
+    known = set(adata.var_names) | set(extra_genes)
+    adata = adata[((lab == "control") | lab.isin(known)).to_numpy()].copy()
     if quick_cells:
         lab = adata.obs["perturbation"].astype(str).to_numpy()
         rng = np.random.default_rng(0)

@@ -25,6 +25,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -321,3 +322,14 @@ if __name__ == "__main__":
         mark_stale(*a.stale)
     else:
         print(render(a.render))
+
+
+def finish(save, t_start: float, summary) -> list[dict]:
+    """Write a benchmark's results a last time (``save() -> (paths, records)``), say where and how
+    long it took (``t_start``: ``time.perf_counter()`` at the start), print ``summary(records)``
+    lines; returns the records."""
+    paths, recs = save()
+    print(f"[{time.perf_counter() - t_start:5.0f}s] wrote {paths[0]}")
+    for line in summary(recs):
+        print(line)
+    return recs

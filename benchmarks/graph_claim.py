@@ -47,17 +47,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (  # noqa: E402
-    average_groups,
-    dense,
-    log_expression,
-    papalexi_measured,
-    quiet,
-    reference_pca,
-    score_ceiling,
-    score_perturbation,
-    seed_summary,
-)
+import _protocol as proto  # noqa: E402  (benchmarks/_protocol.py: the shared evaluation protocol)
 from _results import command_string, record, write_results  # noqa: E402
 
 SIM = {"sim_ds2": "ds2", "sim_ds3": "ds3", "sim_ds1_double": "ds1"}
@@ -97,7 +87,7 @@ def sim_data(dataset: str, cells: int, quick: bool, cache: str):
 
 
 def papalexi_data(quick: bool):
-    return papalexi_measured(100 if quick else None)
+    return proto.papalexi_measured(100 if quick else None)
 
 
 def load(dataset: str, args):
@@ -150,11 +140,11 @@ def run_job(job: dict) -> list[dict]:
     """Train one grndiff row on one split and score every held-out knock-out; returns records."""
     import torch
     torch.set_num_threads(1)
-    quiet()
+    proto.quiet()
     import grndiff as gd
     ds, method, split = job["dataset"], job["method"], job["split"]
     adata = load(ds, job)
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     lab = adata.obs["perturbation"].astype(str).to_numpy()
     held_out = held_out_groups(adata, ds, split)
     held = np.isin(lab, held_out)
@@ -169,12 +159,12 @@ def run_job(job: dict) -> list[dict]:
     model.train(max_steps=job["steps"], max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False)
     t_train = time.perf_counter() - t0
     ctrl_ad = adata[_control_subset(lab, job["pred_cells"], split)].copy()
-    pca = reference_pca(X[~held], seed=split)
+    pca = proto.reference_pca(X[~held], seed=split)
     ctrl = X[lab == "control"]
     recs, vals = [], []
     for p in held_out:
         pred = model.predict(ctrl_ad, {"perturbation": p}, n_steps=job["n_steps"], clip=False)
-        m = score_perturbation(recs, ds, method, split, p, dense(pred.X), X[lab == p], ctrl, pca)
+        m = proto.score_perturbation(recs, ds, method, split, p, proto.dense(pred.X), X[lab == p], ctrl, pca)
         vals.append(m["pearson_delta_top20"])
     recs.append(record(ds, method, "train_seconds", t_train, seed=split, group="all_time"))
     recs.append(record(ds, method, "n_edges", model.graph.n_edges, seed=split, group="all_time"))
@@ -187,7 +177,7 @@ def run_job(job: dict) -> list[dict]:
 def baselines(dataset: str, args: dict, splits, records: list) -> list[str]:
     from grndiff.baselines import LinearPCARidge, MeanShift
     adata = load(dataset, args)
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     lab = adata.obs["perturbation"].astype(str).to_numpy()
     ctrl = X[lab == "control"]
     mu0 = ctrl.mean(0)
@@ -195,7 +185,7 @@ def baselines(dataset: str, args: dict, splits, records: list) -> list[str]:
     for split in splits:
         held_out = held_out_groups(adata, dataset, split)
         held = np.isin(lab, held_out)
-        pca = reference_pca(X[~held], seed=split)
+        pca = proto.reference_pca(X[~held], seed=split)
         train = sorted(set(lab[~held]) - {"control"})
         deltas = {p: X[lab == p].mean(0) - mu0 for p in train}
         ms = MeanShift().fit(X[~held], lab[~held], "control")
@@ -203,21 +193,21 @@ def baselines(dataset: str, args: dict, splits, records: list) -> list[str]:
         lin = LinearPCARidge(n_comps=10, ridge=0.1).fit(singles, expression=X[~held], genes=list(adata.var_names))
         for p in held_out:
             true = X[lab == p]
-            score_perturbation(records, dataset, "mean_shift", split, p, ms.predict(ctrl), true, ctrl, pca)
+            proto.score_perturbation(records, dataset, "mean_shift", split, p, ms.predict(ctrl), true, ctrl, pca)
             parts = p.split("+")
             lin_delta = sum(lin.predict(g) for g in parts)  # a double: the sum of the linear singles
-            score_perturbation(records, dataset, "linear", split, p, ctrl + lin_delta, true, ctrl, pca)
+            proto.score_perturbation(records, dataset, "linear", split, p, ctrl + lin_delta, true, ctrl, pca)
             if len(parts) > 1:
                 add = sum(deltas[g] for g in parts)
-                score_perturbation(records, dataset, "additive", split, p, ctrl + add, true, ctrl, pca)
-            score_ceiling(records, dataset, split, p, true, ctrl, pca)
+                proto.score_perturbation(records, dataset, "additive", split, p, ctrl + add, true, ctrl, pca)
+            proto.score_ceiling(records, dataset, split, p, true, ctrl, pca)
             groups.append(p)
     return sorted(set(groups))
 
 
 # ------------------------------------------------------------------------------ summary
 def summary(records) -> list[str]:
-    s = seed_summary(records)
+    s = proto.seed_summary(records)
     out = []
     if s.empty:
         return out
@@ -264,7 +254,7 @@ def main(argv=None):
     ap.add_argument("--name", default="graph_claim")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
-    quiet()
+    proto.quiet()
     net = {"hidden": 32, "depth": 2}
     out_dir = args.out_dir
     splits = [int(s) for s in args.splits.split(",") if s.strip()]
@@ -304,7 +294,7 @@ def main(argv=None):
     def save():
         recs = [r for r in records if r["group"] != "all"]
         for ds, grp in groups.items():
-            average_groups(recs, ds, grp)
+            proto.average_groups(recs, ds, grp)
         config = {"steps": args.steps, "plan": [f"{p}:{s}" + (":" + "+".join(m) if m else "") for p, s, m in plan],
                   "cells_per_type": args.cells,
                   "cell_types": 3, "source": args.source, "euler_steps": args.n_steps, "pred_cells": args.pred_cells,

@@ -40,6 +40,7 @@ if str(BENCH_DIR) not in sys.path:
 if str(BENCH_DIR.parent) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(1, str(BENCH_DIR.parent))
 
+from _harness import chosen, output_dir  # noqa: E402
 from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results  # noqa: E402
 
 NAME = "kernel"
@@ -362,13 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_TAG + json.dumps(run_child(args)), flush=True)
         return 0
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        p.error(f"unknown methods {sorted(unknown)}")
-    out_dir = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR)
-    if args.quick and out_dir is not None and out_dir.resolve() == RESULTS_DIR.resolve():
-        p.error("--quick never overwrites the committed results in benchmarks/results")
+    methods = chosen([m.strip() for m in args.methods.split(",") if m.strip()], METHODS, p, "methods")
+    out_dir = output_dir(args, p, RESULTS_DIR)
 
     dataset = f"random_G{args.genes}_E{args.edges}"
     print(f"[kernel] {dataset}, B={args.cells}, H={args.heads}×{args.hidden // args.heads}", file=sys.stderr)

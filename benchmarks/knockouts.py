@@ -41,24 +41,15 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (  # noqa: E402
-    average_groups,
-    dense,
-    log_expression,
-    quiet,
-    reference_pca,
-    score_ceiling,
-    score_perturbation,
-)
-from _results import command_string, record, write_results  # noqa: E402
+import _protocol as proto  # noqa: E402  (benchmarks/_protocol.py: the shared evaluation protocol)
+from _harness import run_jobs  # noqa: E402
+from _results import command_string, finish, record, write_results  # noqa: E402
 from perturbation import _control_subset, _gate_records, _predictions, _summary, papalexi_folds  # noqa: E402
 
 STRONG = ("IFNGR1", "IFNGR2", "JAK2", "STAT1", "IRF1")
@@ -75,18 +66,7 @@ VARIANTS = {  # name → (prior, source)
 def papalexi_all(quick_cells: int | None = None):
     """Every assigned Papalexi cell whose knock-out the data or the union prior names, registered."""
     import grndiff as gd
-    adata = gd.datasets.papalexi2021()
-    lab = adata.obs["perturbation"].astype(str)
-    known = set(adata.var_names) | set(gd.priors.combine(UNION)[["source", "target"]].to_numpy().ravel())
-    adata = adata[((lab == "control") | lab.isin(known)).to_numpy()].copy()
-    if quick_cells:
-        lab = adata.obs["perturbation"].astype(str).to_numpy()
-        rng = np.random.default_rng(0)
-        rows = np.concatenate([rng.permutation(np.flatnonzero(lab == p))[:quick_cells] for p in sorted(set(lab))])
-        adata = adata[np.sort(rows)].copy()
-    adata.obs["perturbation"] = pd.Categorical(adata.obs["perturbation"].astype(str))
-    gd.GRNDiff.setup_anndata(adata, layer="counts", perturbation_key="perturbation", control="control")
-    return adata
+    return proto.papalexi_measured(quick_cells, gd.priors.combine(UNION)[["source", "target"]].to_numpy().ravel())
 
 
 def _prior(kind, fold):
@@ -102,14 +82,14 @@ def run_job(job: dict) -> list[dict]:
     """Train one grndiff row on one fold and score its held-out knock-outs; returns records."""
     import torch
     torch.set_num_threads(1)
-    quiet()
+    proto.quiet()
     import grndiff as gd
     recs: list[dict] = []
     name, seed, fold = job["method"], job["seed"], job["fold"]
     if job.get("deadline") is not None and time.time() > job["deadline"]:
         return [{"skipped": f"{name}/fold{fold}/seed{seed}"}]
     adata = papalexi_all(job["quick_cells"])
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     lab = adata.obs["perturbation"].astype(str).to_numpy()
     held = np.isin(lab, job["fold_kos"])
     prior_kind, source = VARIANTS[name]
@@ -124,11 +104,11 @@ def run_job(job: dict) -> list[dict]:
     # differs from it by sampling noise that is as large as a weak knock-out's change
     ctrl_ad = (_control_subset(adata, lab, job["pred_cells"], fold) if job["pred_cells"]
                else adata[lab == "control"].copy())
-    pca = reference_pca(X[~held], seed=fold)
+    pca = proto.reference_pca(X[~held], seed=fold)
     vals: dict = {}
     for p in job["fold_kos"]:
         for row, pred in _predictions(model, ctrl_ad, {"perturbation": p}, name, job["n_steps"], True).items():
-            m = score_perturbation(recs, "papalexi2021", row, seed, p, dense(pred.X), X[lab == p],
+            m = proto.score_perturbation(recs, "papalexi2021", row, seed, p, proto.dense(pred.X), X[lab == p],
                                    X[lab == "control"], pca)
             vals.setdefault(row, []).append(m["pearson_delta_top20"])
     secs = time.perf_counter() - t0
@@ -144,7 +124,7 @@ def baselines(args, records) -> tuple[list, list]:
     import grndiff as gd
     from grndiff.baselines import LinearPCARidge, MeanShift, graph_gene_embedding
     adata = papalexi_all(args.quick_cells)
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     genes = list(adata.var_names)
     lab = adata.obs["perturbation"].astype(str).to_numpy()
     kos = sorted(set(lab) - {"control"})
@@ -154,7 +134,7 @@ def baselines(args, records) -> tuple[list, list]:
     emb = emb.reindex(emb.index.union(pd.Index(kos)), fill_value=0.0)  # a gene outside the prior: no graph signal
     for f, held_out in enumerate(folds):
         held = np.isin(lab, held_out)
-        pca = reference_pca(X[~held], seed=f)
+        pca = proto.reference_pca(X[~held], seed=f)
         t0 = time.perf_counter()
         train_kos = [p for p in kos if p not in held_out]
         deltas = {p: X[lab == p].mean(0) - ctrl.mean(0) for p in train_kos}
@@ -171,12 +151,14 @@ def baselines(args, records) -> tuple[list, list]:
             records.append(record("papalexi2021", method, "train_seconds", secs, seed=0, group=f"fold{f}"))
         for p in held_out:
             true = X[lab == p]
-            score_perturbation(records, "papalexi2021", "no_change", 0, p, ctrl, true, ctrl, pca)
-            score_perturbation(records, "papalexi2021", "mean_shift", 0, p, ms.predict(ctrl), true, ctrl, pca)
+            proto.score_perturbation(records, "papalexi2021", "no_change", 0, p, ctrl, true, ctrl, pca)
+            proto.score_perturbation(records, "papalexi2021", "mean_shift", 0, p, ms.predict(ctrl), true, ctrl, pca)
             if p in set(genes):
-                score_perturbation(records, "papalexi2021", "linear", 0, p, ctrl + lin.predict(p), true, ctrl, pca)
-            score_perturbation(records, "papalexi2021", "linear_graph", 0, p, ctrl + lin_g.predict(p), true, ctrl, pca)
-            score_ceiling(records, "papalexi2021", 0, p, true, ctrl, pca)
+                proto.score_perturbation(records, "papalexi2021", "linear", 0, p, ctrl + lin.predict(p), true, ctrl,
+                                         pca)
+            proto.score_perturbation(records, "papalexi2021", "linear_graph", 0, p, ctrl + lin_g.predict(p), true,
+                                     ctrl, pca)
+            proto.score_ceiling(records, "papalexi2021", 0, p, true, ctrl, pca)
     return folds, kos
 
 
@@ -195,7 +177,7 @@ def main(argv=None):
     ap.add_argument("--name", default="knockouts")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
-    quiet()
+    proto.quiet()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
@@ -221,8 +203,9 @@ def main(argv=None):
 
     def save():
         recs = [r for r in records if r["group"] not in ("all", "strong")]
-        average_groups(recs, "papalexi2021", groups, complete_only=True)
-        average_groups(recs, "papalexi2021", [g for g in groups if g in STRONG], name="strong", complete_only=True)
+        proto.average_groups(recs, "papalexi2021", groups, complete_only=True)
+        strong = [g for g in groups if g in STRONG]
+        proto.average_groups(recs, "papalexi2021", strong, name="strong", complete_only=True)
         config = {"steps": args.steps, "seeds": seeds, "euler_steps": args.n_steps, "pred_cells": args.pred_cells,
                   "variants": variants, "jobs": args.jobs, "net": net or "defaults", "quick": args.quick,
                   "knockouts": kos, "folds": folds}
@@ -241,17 +224,8 @@ def main(argv=None):
     save()
     print(f"[{time.perf_counter() - t_start:5.0f}s] baselines done; {len(jobs)} grndiff jobs on {args.jobs} workers",
           flush=True)
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes is not None else None
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        for recs in pool.map(run_job, [{**j, "deadline": deadline} for j in jobs]):
-            skipped += [r["skipped"] for r in recs if "skipped" in r]
-            records += [r for r in recs if "skipped" not in r]
-            save()
-    paths, recs = save()
-    print(f"[{time.perf_counter() - t_start:5.0f}s] wrote {paths[0]}")
-    for line in _summary(recs):
-        print(line)
-    return recs
+    run_jobs(run_job, jobs, args.jobs, args.max_minutes, records, skipped, save)
+    return finish(save, t_start, _summary)
 
 
 if __name__ == "__main__":

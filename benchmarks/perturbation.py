@@ -38,26 +38,15 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _protocol import (  # noqa: E402
-    average_groups,
-    dense,
-    log_expression,
-    papalexi_measured,
-    quiet,
-    reference_pca,
-    score_ceiling,
-    score_perturbation,
-    seed_summary,
-)
-from _results import command_string, record, write_results  # noqa: E402
+import _protocol as proto  # noqa: E402  (benchmarks/_protocol.py: the shared evaluation protocol)
+from _harness import run_jobs  # noqa: E402
+from _results import command_string, finish, record, write_results  # noqa: E402
 
 DEFAULT_PARTS = ("kang", "papalexi")
 STRONG = ("IFNGR2", "JAK2", "STAT1")  # the strong knock-outs (gd.datasets.PAPALEXI_STRONG) that are measured
@@ -68,7 +57,7 @@ def kang_data(quick: bool):
     import grndiff as gd
     adata = gd.datasets.kang2018()
     if quick:  # a few hundred genes keep CI fast
-        keep = np.argsort(-dense(adata.layers["counts"]).mean(0))[:200]
+        keep = np.argsort(-proto.dense(adata.layers["counts"]).mean(0))[:200]
         adata = adata[:, np.sort(keep)].copy()
     gd.GRNDiff.setup_anndata(adata, layer="counts", condition_keys=["cell_type", "condition"],
                              control_obs={"condition": "ctrl"})
@@ -76,7 +65,7 @@ def kang_data(quick: bool):
 
 
 def papalexi_data(quick: bool):
-    return papalexi_measured(120 if quick else None)
+    return proto.papalexi_measured(120 if quick else None)
 
 
 def papalexi_folds(kos, n_folds: int = 5, seed: int = 0) -> list[list[str]]:
@@ -119,13 +108,13 @@ def run_job(job: dict) -> list[dict]:
     """Train (or not) one grndiff variant for one held-out group and score it; returns records."""
     import torch
     torch.set_num_threads(1)
-    quiet()
+    proto.quiet()
     recs: list[dict] = []
     ds, name, seed, steps = job["dataset"], job["method"], job["seed"], job["steps"]
     if job.get("deadline") is not None and time.time() > job["deadline"]:  # --max-minutes: start no new job
         return [{"skipped": f"{ds}/{name}/{job['group']}/seed{seed}"}]
     adata = kang_data(job["quick"]) if ds == "kang2018" else papalexi_data(job["quick"])
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     t0 = time.perf_counter()
     if ds == "kang2018":
         ct, cond = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["condition"].astype(str).to_numpy()
@@ -137,11 +126,11 @@ def run_job(job: dict) -> list[dict]:
             model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False,
                         **job.get("train", {}))
             _gate_records(recs, ds, name, seed, T, model)
-        pca = reference_pca(X[~held])
+        pca = proto.reference_pca(X[~held])
         msg = ""
         for row, pred in _predictions(model, adata[is_ctrl].copy(), {"condition": "stim"}, name, job["n_steps"],
                                       bool(steps)).items():
-            m = score_perturbation(recs, ds, row, seed, T, dense(pred.X), X[held], X[is_ctrl], pca)
+            m = proto.score_perturbation(recs, ds, row, seed, T, proto.dense(pred.X), X[held], X[is_ctrl], pca)
             if job.get("pred_dir") and seed == 0:
                 pred.write_h5ad(os.path.join(job["pred_dir"], f"pred_{row}_{_safe(T)}.h5ad"))
             msg += f" {row} ρΔ20 {m['pearson_delta_top20']:.3f} energy {m['energy_distance']:.2f};"
@@ -155,12 +144,13 @@ def run_job(job: dict) -> list[dict]:
                         **job.get("train", {}))
             _gate_records(recs, ds, name, seed, f"fold{job['fold']}", model)
         ctrl_ad = _control_subset(adata, lab, job["pred_cells"], job["fold"])
-        pca = reference_pca(X[~held], seed=job["fold"])
+        pca = proto.reference_pca(X[~held], seed=job["fold"])
         vals: dict = {}
         for p in held_out:
             for row, pred in _predictions(model, ctrl_ad, {"perturbation": p}, name, job["n_steps"],
                                           bool(steps)).items():
-                m = score_perturbation(recs, ds, row, seed, p, dense(pred.X), X[lab == p], X[lab == "control"], pca)
+                m = proto.score_perturbation(recs, ds, row, seed, p, proto.dense(pred.X), X[lab == p],
+                                             X[lab == "control"], pca)
                 vals.setdefault(row, []).append(m["pearson_delta_top20"])
         msg = f"fold {job['fold']} " + "; ".join(f"{r} ρΔ20 {np.nanmean(v):.3f}" for r, v in vals.items())
     recs.append(record(ds, name, "train_seconds", time.perf_counter() - t0, seed=seed, group=str(job["group"])))
@@ -193,18 +183,18 @@ def _safe(name: str) -> str:
 def kang_baselines(args, records):
     from grndiff.baselines import MeanShift
     adata = kang_data(args.quick)
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     ct, cond = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["condition"].astype(str).to_numpy()
     types = sorted(set(ct))[: (2 if args.quick else None)]
     for T in types:
         held, is_ctrl = (ct == T) & (cond == "stim"), (ct == T) & (cond == "ctrl")
         true, ctrl = X[held], X[is_ctrl]
-        pca = reference_pca(X[~held])
-        score_perturbation(records, "kang2018", "no_change", 0, T, ctrl, true, ctrl, pca)
+        pca = proto.reference_pca(X[~held])
+        proto.score_perturbation(records, "kang2018", "no_change", 0, T, ctrl, true, ctrl, pca)
         ms = MeanShift().fit(X[~held], cond[~held], "ctrl", groups=ct[~held])
-        score_perturbation(records, "kang2018", "mean_shift", 0, T, ms.predict(ctrl, "stim", exclude_group=T),
+        proto.score_perturbation(records, "kang2018", "mean_shift", 0, T, ms.predict(ctrl, "stim", exclude_group=T),
                            true, ctrl, pca)
-        score_ceiling(records, "kang2018", 0, T, true, ctrl, pca)
+        proto.score_ceiling(records, "kang2018", 0, T, true, ctrl, pca)
         if args.pred_dir:
             _write_pred(adata[is_ctrl], ms.predict(ctrl, "stim", exclude_group=T), args.pred_dir, "mean_shift", T)
     return types
@@ -219,30 +209,30 @@ def _write_pred(ctrl_ad, X, out_dir, method, group):
 def papalexi_baselines(args, records):
     from grndiff.baselines import LinearPCARidge, MeanShift
     adata = papalexi_data(args.quick)
-    X = log_expression(adata)
+    X = proto.log_expression(adata)
     lab = adata.obs["perturbation"].astype(str).to_numpy()
     kos = sorted(set(lab) - {"control"})
     folds = papalexi_folds(kos, 5 if not args.quick else 2)[: (1 if args.quick else None)]
     ctrl = X[lab == "control"]
     for f, held_out in enumerate(folds):
         held = np.isin(lab, held_out)
-        pca = reference_pca(X[~held], seed=f)
+        pca = proto.reference_pca(X[~held], seed=f)
         train_kos = [p for p in kos if p not in held_out]
         deltas = {p: X[lab == p].mean(0) - ctrl.mean(0) for p in train_kos}
         ms = MeanShift().fit(X[~held], lab[~held], "control")
         lin = LinearPCARidge(n_comps=10, ridge=0.1).fit(deltas, expression=X[~held], genes=list(adata.var_names))
         for p in held_out:
             true = X[lab == p]
-            score_perturbation(records, "papalexi2021", "no_change", 0, p, ctrl, true, ctrl, pca)
-            score_perturbation(records, "papalexi2021", "mean_shift", 0, p, ms.predict(ctrl), true, ctrl, pca)
-            score_perturbation(records, "papalexi2021", "linear", 0, p, ctrl + lin.predict(p), true, ctrl, pca)
-            score_ceiling(records, "papalexi2021", 0, p, true, ctrl, pca)
+            proto.score_perturbation(records, "papalexi2021", "no_change", 0, p, ctrl, true, ctrl, pca)
+            proto.score_perturbation(records, "papalexi2021", "mean_shift", 0, p, ms.predict(ctrl), true, ctrl, pca)
+            proto.score_perturbation(records, "papalexi2021", "linear", 0, p, ctrl + lin.predict(p), true, ctrl, pca)
+            proto.score_ceiling(records, "papalexi2021", 0, p, true, ctrl, pca)
     return folds, kos
 
 
 # ------------------------------------------------------------------------------ main
 def _summary(records) -> list[str]:
-    s = seed_summary(records, groups=("all", "strong"))
+    s = proto.seed_summary(records, groups=("all", "strong"))
     out = []
     if s.empty:
         return out
@@ -290,7 +280,7 @@ def main(argv=None):
     ap.add_argument("--name", default="perturbation")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
-    quiet()
+    proto.quiet()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -340,9 +330,9 @@ def main(argv=None):
     def save():
         recs = [r for r in records if r["group"] not in ("all", "strong")]
         for ds, grp in groups.items():
-            average_groups(recs, ds, grp, complete_only=True)
+            proto.average_groups(recs, ds, grp, complete_only=True)
             if ds == "papalexi2021":
-                average_groups(recs, ds, [g for g in grp if g in STRONG], name="strong", complete_only=True)
+                proto.average_groups(recs, ds, [g for g in grp if g in STRONG], name="strong", complete_only=True)
         config = {"kang_steps": args.kang_steps, "papalexi_steps": args.papalexi_steps, "seeds": seeds,
                   "euler_steps": args.n_steps, "papalexi_pred_cells": args.pred_cells, "jobs": args.jobs,
                   "net": net or "defaults (hidden 32, depth 2, token_depth 2, cell_token)", "batch_size": 64,
@@ -368,12 +358,7 @@ def main(argv=None):
     # cheap rows first (untrained: the source's estimate alone), then trained rows seed by seed, so a
     # --max-minutes budget cuts seeds, not whole cell types or data sets
     jobs.sort(key=lambda j: (j["steps"] > 0, j["seed"], j["dataset"] != "papalexi2021"))
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes is not None else None
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        for recs in pool.map(run_job, [{**j, "deadline": deadline} for j in jobs]):
-            skipped += [r["skipped"] for r in recs if "skipped" in r]
-            records += [r for r in recs if "skipped" not in r]
-            save()
+    run_jobs(run_job, jobs, args.jobs, args.max_minutes, records, skipped, save)
     # peers last: their prediction files (benchmarks/peers/run_*.py) are read when the grndiff rows are done
     if args.peers:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
@@ -383,11 +368,7 @@ def main(argv=None):
         if args.celleval:  # the independent judge on every method's Kang prediction files
             from celleval import celleval_records
             records += [r for r in celleval_records(args.peers) if r["group"] != "all"]
-    paths, recs = save()
-    print(f"[{time.perf_counter() - t_start:5.0f}s] wrote {paths[0]}")
-    for line in _summary(recs):
-        print(line)
-    return recs
+    return finish(save, t_start, _summary)
 
 
 if __name__ == "__main__":

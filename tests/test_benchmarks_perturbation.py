@@ -1,0 +1,51 @@
+"""benchmarks/perturbation.py and benchmarks/knockouts.py --quick run end to end (CI smoke runs)
+and write the rows their results files are read for."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quick(script: str, out: Path) -> dict:
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out-dir", str(out)],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    name = script.removesuffix(".py")
+    assert (out / f"{name}.md").exists()
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def _rows(obj: dict, dataset: str) -> set[str]:
+    return {r["method"] for r in obj["records"] if r["dataset"] == dataset and r["metric"] == "pearson_delta_top20"
+            and r["value"] is not None}
+
+
+@pytest.mark.slow
+def test_perturbation_quick_has_gated_flow_and_baseline_rows(tmp_path):
+    obj = _quick("perturbation.py", tmp_path)
+    assert obj["config"]["quick"] and "perturbation.py --quick" in obj["command"]
+    for ds in ("kang2018", "papalexi2021"):
+        assert {"grndiff", "grndiff_flow", "grndiff_shift", "mean_shift", "split_half"} <= _rows(obj, ds), ds
+    alphas = [r["value"] for r in obj["records"] if r["metric"] == "gate_alpha"]
+    assert alphas and all(a in (0.0, 0.25, 0.5, 0.75, 1.0) for a in alphas)
+
+
+@pytest.mark.slow
+def test_knockouts_quick_predicts_unmeasured_knockouts_through_latent_nodes(tmp_path):
+    obj = _quick("knockouts.py", tmp_path)
+    rows = _rows(obj, "papalexi2021")
+    assert {"grndiff", "grndiff_flow", "mean_shift", "linear_graph", "split_half"} <= rows
+    measured = set(obj["config"]["knockouts"])
+    scored = {r["group"] for r in obj["records"] if r["method"] == "grndiff" and r["metric"] == "pearson_delta_top20"
+              and r["group"] in measured}
+    import grndiff as gd
+    genes = set(gd.datasets.papalexi2021().var_names)
+    assert scored - genes, "no knock-out of an unmeasured gene was predicted"
+    latent = [r["value"] for r in obj["records"] if r["metric"] == "n_latent"]
+    assert latent and min(latent) > 0
