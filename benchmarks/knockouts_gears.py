@@ -127,6 +127,7 @@ def main(argv=None):
     ap.add_argument("--gears-python", default=os.environ.get("GEARS_PYTHON", str(DEFAULT_GEARS_PYTHON)),
                     help="python of the GEARS venv (env GEARS_PYTHON)")
     ap.add_argument("--fold-timeout", type=float, default=None, help="seconds a GEARS fold may run")
+    ap.add_argument("--max-minutes", type=float, default=None, help="folds not started by then are skipped")
     ap.add_argument("--work-dir", default=None, help="where the per-fold inputs/outputs go (default: temp)")
     ap.add_argument("--name", default="knockouts_gears")
     ap.add_argument("--out-dir", default=None)
@@ -165,9 +166,10 @@ def main(argv=None):
     records: list[dict] = []
     fold_info: dict = {}
     failed: dict = {}
+    skipped: list[int] = []
 
     def save():
-        groups = [p for f in fold_ids for p in folds[f]]
+        groups = [p for f in fold_ids if f not in skipped for p in folds[f]]
         recs = [r for r in records if r["group"] not in ("all", "strong")]
         average_groups(recs, "papalexi2021", groups, complete_only=True)
         average_groups(recs, "papalexi2021", [g for g in groups if g in STRONG], name="strong", complete_only=True)
@@ -206,11 +208,15 @@ def main(argv=None):
             "group 'strong' = IFNGR1, IFNGR2, JAK2, STAT1, IRF1; 'all' averages only methods with every knock-out "
             "of the folds run",
         ] + ([f"GEARS failed on folds {sorted(failed)}: " + "; ".join(f"{k}: {v[-300:]}" for k, v in failed.items())]
-             if failed else []) + _summary(recs)
+             if failed else []) + (
+            [f"not run (--max-minutes {args.max_minutes} reached): folds {skipped}"] if skipped else []) + _summary(recs)
         return write_results(args.name, recs, command_string(), extra={"config": config, "notes": notes},
                              out_dir=out_dir), recs
 
     for f in fold_ids:
+        if args.max_minutes is not None and time.perf_counter() - t_start > 60 * args.max_minutes:
+            skipped.append(f)
+            continue
         held_out = folds[f]
         held = np.isin(lab, held_out)
         pca = reference_pca(X[~held], seed=f)
