@@ -105,7 +105,7 @@ def run_gears_fold(python, work: Path, X, lab, genes, held_out, prior_tsv, epoch
     env.pop("PYTHONPATH", None)
     t0 = time.perf_counter()
     try:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout)
         log, ok = (res.stdout + res.stderr)[-3000:], res.returncode == 0
     except subprocess.TimeoutExpired as e:
         log, ok = f"timed out after {timeout}s: {str(e.stderr)[-2000:] if e.stderr else ''}", False
@@ -160,7 +160,6 @@ def main(argv=None):
     ctrl = X[lab == CTRL]
     prior = gd.priors.combine(UNION)
     prior_tsv = write_prior_tsv(work_root / "prior.tsv", prior)
-    prior_genes = set(prior["source"].astype(str)) | set(prior["target"].astype(str))
     dropped = sorted(set(gd.datasets.papalexi2021().obs["perturbation"].astype(str)) - set(kos) - {CTRL})
 
     records: list[dict] = []
