@@ -3,11 +3,12 @@
 # None of these is a dependency of grndiff: each peer runs in its own environment and only
 # exchanges .h5ad files with the benchmark.
 #
-#   bash benchmarks/peers/setup.sh                 # all: scgen cpa cellflow celleval
+#   bash benchmarks/peers/setup.sh                 # all: scgen cpa cellflow celleval gears
 #   bash benchmarks/peers/setup.sh scgen celleval  # a subset
+#   bash benchmarks/peers/setup.sh gears           # GEARS only (benchmarks/knockouts_gears.py)
 #
 # Interpreters (override when they are not on PATH under these names):
-#   PYTHON311  Python 3.11 for cellflow, celleval   (default: python3.11)
+#   PYTHON311  Python 3.11 for cellflow, celleval, gears   (default: python3.11)
 #   PYTHON310  Python 3.10 for cpa and scgen (both need an old torch / scvi-tools)  (default: python3.10)
 # Versions of the peers are pinned below (the ones measured); override with e.g. SCGEN_SPEC=scgen.
 set -euo pipefail
@@ -20,6 +21,8 @@ SCGEN_SPEC="${SCGEN_SPEC:-scgen==2.1.0}"
 CPA_SPEC="${CPA_SPEC:-cpa-tools==0.8.1}"
 CELLFLOW_SPEC="${CELLFLOW_SPEC:-cellflow-tools==0.0.9}"
 CELLEVAL_SPEC="${CELLEVAL_SPEC:-cell-eval==0.8.2}"
+GEARS_SPEC="${GEARS_SPEC:-cell-gears==0.1.2}"
+GEARS_TORCH="${GEARS_TORCH:-torch==2.13.0}"
 # The 2023 stack that torch 1.13 + scvi-tools 0.20 import with (cpa).
 OLD_STACK='numpy<2 anndata<0.10 scipy<1.12 jax<0.4.24 jaxlib<0.4.24 scanpy<1.10'
 
@@ -65,12 +68,35 @@ setup_celleval() {
     "$VENVS/celleval/bin/python" -m pip install "$CELLEVAL_SPEC"
 }
 
+setup_gears() {
+    mkvenv gears "$PYTHON311"
+    # torch first, on its own: GEARS would otherwise let pip pick a torch (and maybe a CUDA one).
+    # GEARS runs on the CPU here (benchmarks/peers/run_gears.py).
+    "$VENVS/gears/bin/python" -m pip install "$GEARS_TORCH"
+    # cell-gears 0.1.2 imports torch_geometric without declaring it
+    "$VENVS/gears/bin/python" -m pip install "$GEARS_SPEC" torch-geometric
+    # gears.py indexes a scipy sparse matrix with a pandas Series (GEARS.__init__, the control mean);
+    # today's scipy refuses that: index with the Series' values instead. Idempotent; nothing else is changed.
+    "$VENVS/gears/bin/python" - <<'PY'
+import pathlib, gears
+p = pathlib.Path(gears.__file__).with_name("gears.py")
+s = p.read_text()
+old = "self.adata.X[self.adata.obs.condition == 'ctrl']"
+new = "self.adata.X[(self.adata.obs.condition == 'ctrl').values]"
+if old in s:
+    p.write_text(s.replace(old, new))
+    print(f"patched {p}")
+elif new not in s:
+    raise SystemExit(f"{p}: the line to patch was not found (another cell-gears version?)")
+PY
+}
+
 peers=("$@")
-if [ ${#peers[@]} -eq 0 ]; then peers=(scgen cpa cellflow celleval); fi
+if [ ${#peers[@]} -eq 0 ]; then peers=(scgen cpa cellflow celleval gears); fi
 for p in "${peers[@]}"; do
     case "$p" in
-        scgen|cpa|cellflow|celleval) ;;
-        *) echo "unknown peer '$p' (choose from scgen cpa cellflow celleval)" >&2; exit 2 ;;
+        scgen|cpa|cellflow|celleval|gears) ;;
+        *) echo "unknown peer '$p' (choose from scgen cpa cellflow celleval gears)" >&2; exit 2 ;;
     esac
 done
 for p in "${peers[@]}"; do
@@ -78,5 +104,5 @@ for p in "${peers[@]}"; do
     echo "== $p: installing into $VENVS/$p"
     "setup_$p"
     echo "== $p: done in $(( $(date +%s) - start )) s"
-    "$VENVS/$p/bin/python" -m pip list 2>/dev/null | grep -i -E "^(torch|jax|scvi-tools|scgen|cpa-tools|cellflow-tools|cell-eval|anndata|scanpy|lightning) " || true
+    "$VENVS/$p/bin/python" -m pip list 2>/dev/null | grep -i -E "^(torch|jax|scvi-tools|scgen|cpa-tools|cellflow-tools|cell-eval|cell-gears|torch.geometric|anndata|scanpy|lightning) " || true
 done
