@@ -133,12 +133,13 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
 
-    import grndiff as gd
     from _protocol import average_groups, log_expression, quiet, reference_pca, score_ceiling, score_perturbation
     from _results import command_string, record, write_results
-    from grndiff.baselines import MeanShift
     from knockouts import papalexi_all
     from perturbation import _summary, papalexi_folds
+
+    import grndiff as gd
+    from grndiff.baselines import MeanShift
     quiet()
 
     quick_cells, out_dir = None, args.out_dir
@@ -208,7 +209,8 @@ def main(argv=None):
             "of the folds run",
         ] + ([f"GEARS failed on folds {sorted(failed)}: " + "; ".join(f"{k}: {v[-300:]}" for k, v in failed.items())]
              if failed else []) + (
-            [f"not run (--max-minutes {args.max_minutes} reached): folds {skipped}"] if skipped else []) + _summary(recs)
+            [f"not run (--max-minutes {args.max_minutes} reached): folds {skipped}"] if skipped else []
+        ) + _summary(recs)
         return write_results(args.name, recs, command_string(), extra={"config": config, "notes": notes},
                              out_dir=out_dir), recs
 
@@ -221,7 +223,8 @@ def main(argv=None):
         pca = reference_pca(X[~held], seed=f)
         t0 = time.perf_counter()
         ms = MeanShift().fit(X[~held], lab[~held], CTRL)
-        records.append(record("papalexi2021", "mean_shift", "train_seconds", time.perf_counter() - t0, group=f"fold{f}"))
+        secs = time.perf_counter() - t0
+        records.append(record("papalexi2021", "mean_shift", "train_seconds", secs, group=f"fold{f}"))
         work = work_root / f"fold{f}"
         means, info, secs, log = run_gears_fold(args.gears_python, work, X, lab, genes, held_out, prior_tsv,
                                                 args.epochs, args.hidden, args.fold_timeout, seed=0)
@@ -236,7 +239,8 @@ def main(argv=None):
             true = X[lab == p]
             for name, pred in (("no_change", ctrl), ("mean_shift", ms.predict(ctrl))):
                 vals.setdefault(name, []).append(
-                    score_perturbation(records, "papalexi2021", name, 0, p, pred, true, ctrl, pca)["pearson_delta_top20"])
+                    score_perturbation(records, "papalexi2021", name, 0, p, pred, true, ctrl,
+                                       pca)["pearson_delta_top20"])
             if means is not None and p in means.index:
                 vals.setdefault("gears", []).append(score_perturbation(
                     records, "papalexi2021", "gears", 0, p, cells_from_means(ctrl, means, p), true, ctrl,
