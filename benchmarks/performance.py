@@ -50,6 +50,7 @@ for p_ in (str(BENCH_DIR), str(ROOT)):
     if p_ not in sys.path:
         sys.path.insert(0, p_)
 
+from _harness import chosen, output_dir, peak_rss_mb  # noqa: E402
 from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results  # noqa: E402
 
 NAME = "performance"
@@ -61,14 +62,6 @@ FULL = dict(genes=(1000, 2000, 5000, 10000, 20000), cells=16, repeats=3, n_cells
 QUICK = dict(genes=(300, 600), cells=4, repeats=2, n_cells=20_000, n_vars=200, subset=5000, train_steps=8,
              kang="kang2018_tiny", kang_steps=20, n_sample=64)
 NET = dict(hidden=32, heads=4, depth=2, token_depth=2, cell_token=True)  # the default model
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # ==================================================================== scaling + utilisation
@@ -190,7 +183,7 @@ def child_train_step(args) -> dict:
     flops = sfc.total()
     sec = statistics.median(times)
     return {"genes": graph.n_genes, "edges": graph.n_edges, "modules": graph.n_modules, "seconds": sec,
-            "times": times, "peak_mb": peak, "baseline_mb": base, "peak_rss_mb": _peak_rss_mb(),
+            "times": times, "peak_mb": peak, "baseline_mb": base, "peak_rss_mb": peak_rss_mb(),
             "flops": flops, "flops_dense_counted": flops_raw, "gflops": flops / sec / 1e9,
             "threads": torch.get_num_threads()}
 
@@ -430,7 +423,7 @@ def child_backed(args) -> dict:
 
     trainer.fit(module, datamodule=_DM())
     out["train_cells_per_s"] = cb.n / (cb.t1 - cb.t0)
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     out["genes"], out["edges"] = graph.n_genes, graph.n_edges
     return out
 
@@ -587,20 +580,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.child == "generate":
             t0 = time.perf_counter()
             r = write_synthetic_h5ad(args.path, args.n_cells, args.n_vars)
-            r.update(seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+            r.update(seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
         else:
             r = {"train_step": child_train_step, "matmul": child_matmul, "sampling": child_sampling,
                  "backed": child_backed}[args.child](args)
         print(TAG + json.dumps(r), flush=True)
         return 0
 
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = set(sections) - set(SECTIONS)
-    if bad:
-        ap.error(f"unknown sections {sorted(bad)}; choose from {SECTIONS}")
-    out_dir = Path(args.out) if args.out else (None if args.quick else RESULTS_DIR)
-    if args.quick and out_dir is not None and out_dir.resolve() == RESULTS_DIR.resolve():
-        ap.error("--quick never overwrites the committed results in benchmarks/results")
+    sections = chosen([s.strip() for s in args.sections.split(",") if s.strip()], SECTIONS, ap, "sections")
+    out_dir = output_dir(args, ap, RESULTS_DIR)
     recs: list[dict] = []
     extra: dict = {"threads": args.threads, "errors": {}, "raw": {}, "load_average_start": list(os.getloadavg())}
     t_all = time.perf_counter()

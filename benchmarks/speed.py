@@ -58,6 +58,7 @@ ROOT = BENCH_DIR.parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
+from _harness import peak_rss_mb  # noqa: E402
 from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results  # noqa: E402
 
 NAME = "speed"
@@ -118,14 +119,6 @@ def speed_adata(n_genes: int, n_cells: int, seed: int = 0):
 
 
 # ==================================================================== measurement (child process)
-def _vm_hwm_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _matmul_gflops(n: int) -> float:
     import torch  # noqa: PLC0415
 
@@ -190,7 +183,7 @@ def child(cfg: dict) -> dict:
         t0 = time.perf_counter()
         model.sample(n, n_steps=s, seed=2)
         out["sample_1000x20_s"] = time.perf_counter() - t0
-        out["peak_rss_mb_goal_sample"] = _vm_hwm_mb()
+        out["peak_rss_mb_goal_sample"] = peak_rss_mb()
         return out
 
     # the training step as GRNDiff.train runs it (Lightning: forward, backward, clipping, AdamW, EMA)
@@ -201,7 +194,7 @@ def child(cfg: dict) -> dict:
     user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     out.update(train_step_s=statistics.median(times), train_times=times, system_frac=system / max(user + system, 1e-9),
                cpu_s_per_step=(user + system) / len(times), user_s=user, system_s=system,
-               minor_faults_per_step=(r1.ru_minflt - r0.ru_minflt) / len(times), peak_rss_mb=_vm_hwm_mb(),
+               minor_faults_per_step=(r1.ru_minflt - r0.ru_minflt) / len(times), peak_rss_mb=peak_rss_mb(),
                threads_in_training=timer.threads)
 
     # FLOPs of the same step, counted on a direct forward + backward + AdamW step
@@ -238,7 +231,7 @@ def child(cfg: dict) -> dict:
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     out.update(sample_s_per_cell_step=dt / (n * s), sample_cpu_s_per_cell_step=cpu / (n * s),
                sample_system_frac=(r1.ru_stime - r0.ru_stime) / max(cpu, 1e-9))
-    out["peak_rss_mb_with_sampling"] = _vm_hwm_mb()
+    out["peak_rss_mb_with_sampling"] = peak_rss_mb()
     return out
 
 
