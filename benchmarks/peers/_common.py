@@ -200,3 +200,26 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+def kang_todo(adata, args, method: str):
+    """Yield ``(T, held, is_ctrl)`` for every Kang cell type ``--groups`` selects — ``held`` (N,) the
+    cells no model may see (T's stimulated ones), ``is_ctrl`` (N,) T's control cells — skipping a type
+    whose prediction file exists under ``--skip-existing``."""
+    for T in selected(kang_types(adata), args.groups):
+        if args.skip_existing and pred_path(args.out, method, T).exists():
+            print(f"skip {T}: exists", flush=True)
+            continue
+        held, is_ctrl = kang_masks(adata, T)
+        yield T, held, is_ctrl
+
+
+def kang_only(args, script: str, why: str) -> None:
+    """Stop with a one-line reason unless ``--dataset kang2018``; then one torch thread, quiet."""
+    if args.dataset != "kang2018":
+        raise SystemExit(f"{script}: only kang2018 ({why})")
+    import warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    torch.set_num_threads(1)
+    limit_threads(1)

@@ -111,15 +111,10 @@ def fit_predict(train, query, T: str, args):
 def run_kang(args):
     a = C.load_kang()
     logx = C.log1p_cp10k(a.layers["counts"]).astype(np.float32)
-    types = C.selected(C.kang_types(a), args.groups)
     cap = (f"network width {args.width} (CellFlow default 2048; decoder 2×width), {args.iterations} iterations "
            f"at batch {args.batch_size} (default 1024), Adam {args.lr:g} with {args.accumulate}-step gradient "
            f"accumulation (default 20) — sized for 2 CPU cores")
-    for T in types:
-        if args.skip_existing and C.pred_path(args.out, METHOD, T).exists():
-            print(f"skip {T}: exists", flush=True)
-            continue
-        held, is_ctrl = C.kang_masks(a, T)
+    for T, held, is_ctrl in C.kang_todo(a, args, METHOD):
         train = a[~held].copy()
         train.X = logx[~held]
         query = a[is_ctrl].copy()

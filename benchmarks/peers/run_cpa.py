@@ -35,7 +35,6 @@ for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXP
 
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -127,12 +126,7 @@ def fit_predict(train, query, cond_key: str, ctrl: str, pert: str, max_epochs: i
 
 def run_kang(args):
     a = C.load_kang()
-    types = C.selected(C.kang_types(a), args.groups)
-    for T in types:
-        if args.skip_existing and C.pred_path(args.out, METHOD, T).exists():
-            print(f"skip {T}: exists", flush=True)
-            continue
-        held, is_ctrl = C.kang_masks(a, T)
+    for T, held, is_ctrl in C.kang_todo(a, args, METHOD):
         with C.Timer() as t:
             counts, epochs = fit_predict(a[~held].copy(), a[is_ctrl].copy(), "condition", C.CTRL, C.STIM,
                                          args.max_epochs, args.seed, args.max_minutes)
@@ -157,13 +151,8 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="cap on training time per cell type (none by default)")
     args = ap.parse_args(argv)
-    if args.dataset != "kang2018":
-        raise SystemExit("run_cpa.py: only kang2018 (CPA predicts unseen knock-outs only through external "
-                         "gene embeddings, which the protocol does not provide)")
-    warnings.filterwarnings("ignore")
-    import torch
-    torch.set_num_threads(1)
-    C.limit_threads(1)
+    C.kang_only(args, "run_cpa.py", "CPA predicts unseen knock-outs only through external gene embeddings, "
+                "which the protocol does not provide")
     run_kang(args)
 
 

@@ -25,7 +25,6 @@ for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXP
     os.environ.setdefault(_k, "1")
 
 import sys  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,12 +53,7 @@ def fit_predict(train, T: str, max_epochs: int, seed: int):
 def run_kang(args):
     a = C.load_kang()
     logx = C.log1p_cp10k(a.layers["counts"]).astype(np.float32)
-    types = C.selected(C.kang_types(a), args.groups)
-    for T in types:
-        if args.skip_existing and C.pred_path(args.out, METHOD, T).exists():
-            print(f"skip {T}: exists", flush=True)
-            continue
-        held, is_ctrl = C.kang_masks(a, T)
+    for T, held, is_ctrl in C.kang_todo(a, args, METHOD):
         train = a[~held].copy()
         train.X = logx[~held]
         del train.layers["counts"], train.layers["logcounts"]
@@ -84,13 +78,8 @@ def main(argv=None):
     ap = C.base_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--max-epochs", type=int, default=100, help="tutorial: 100")
     args = ap.parse_args(argv)
-    if args.dataset != "kang2018":
-        raise SystemExit("run_scgen.py: only kang2018 (scGen transfers a condition across cell types; "
-                         "it has no notion of an unseen knock-out)")
-    warnings.filterwarnings("ignore")
-    import torch
-    torch.set_num_threads(1)
-    C.limit_threads(1)
+    C.kang_only(args, "run_scgen.py", "scGen transfers a condition across cell types; it has no notion of an "
+                "unseen knock-out")
     run_kang(args)
 
 
