@@ -26,9 +26,9 @@ class GaussianPCA:
         Default seed of the PCA and of :meth:`sample`.
     clip
         Clip decoded values at 0 so samples are valid log expression. Clipping raises the
-        means of sparse genes (a Gaussian puts about half of a near-zero gene's mass below 0):
-        on kang2018 it costs ≈ 0.06 energy distance and ≈ 0.04 classifier AUC (40 splits,
-        ``benchmarks/_protocol_check.py``); ``False`` gives the pure second-moment reference.
+        means of sparse genes (a Gaussian puts about half of a near-zero gene's mass below 0),
+        which costs some energy distance and classifier AUC (``benchmarks/_protocol_check.py``
+        measures it); ``False`` gives the pure second-moment reference.
 
     Attributes
     ----------

@@ -53,9 +53,9 @@ class PerGroupGaussian(torch.nn.Module):
 
     Why a scale: in per-gene standardised units thousands of barely-expressed genes weigh as
     much as the informative ones, and the top axes spend themselves on them; in log1p units the
-    axes are the usual PCA of expression. Untrained (k = 100, held-out cells, 30-PC energy
-    distance, 3 seeds): 0.122 with log1p axes vs 0.175 with standardised axes on kang2018_ctrl,
-    0.116 vs 0.119 on kang2018 (``benchmarks/results/generation.md``).
+    axes are the usual PCA of expression; untrained, log1p axes gave the lower energy distance of
+    held-out cells (``benchmarks/results/generation_source_v2.md`` keeps the standardised-axes rows,
+    ``generation.md`` the log1p ones).
 
     Group ``0`` is every training cell (used for condition combinations never seen in training).
 

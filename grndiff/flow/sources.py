@@ -188,9 +188,8 @@ class GaussianSource(Source):
     low-rank coupling: the flow starts as that strong low-rank baseline and the network learns
     the gene-level residual (:class:`PerGroupGaussian` holds the math).
 
-    Measured (kang2018, 30-PC energy distance of held-out cells): a flow from N(0, I) scored 3.5;
-    from this source with the low-rank coupling 0.108, the Gaussian alone 0.154
-    (``benchmarks/results/generation.md``).
+    A flow from N(0, I) generates far worse cells at the same budget (30-PC energy distance of
+    held-out kang2018 cells: ``benchmarks/results/generation.md`` and ``docs/benchmarks.md``).
 
     Parameters
     ----------

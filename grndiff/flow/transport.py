@@ -18,13 +18,13 @@ The flow then starts from the shifted control cell, and the network learns what 
 misses. Training pairs are built with the estimate the model would have made had it not seen the
 cell's context (leave-one-context-out), or, for a perturbation seen in one context only, its
 perturbation (the pooled shift of the others): the network learns to correct exactly the error it
-will meet at prediction. With ``coupling="lowrank"`` (default) the source's ``k`` log-PC
-coordinates are fixed by the shift and the network only moves the cell off those axes, so an
-untrained model predicts exactly the shift and training can only change the gene-level residual.
+will meet at prediction. With ``coupling="lowrank"`` the source's ``k`` log-PC coordinates are
+fixed by the shift and the network only moves the cell off those axes, so an untrained model
+predicts exactly the shift and training can only change the gene-level residual; ``"auto"`` (the
+default) uses it for perturbations seen in several contexts and ``"residual"`` otherwise.
 
-Measured on Kang 2018 (held-out cell types, Pearson Δ top-20; ``benchmarks/results/perturbation.md``):
-mean shift 0.797, this shift alone 0.922 (``neighbours=15``, ``blend=0.75``), scGen 0.919 (as
-reported in issue 18 with scgen 2.1).
+How this shift alone compares with the mean shift and the peers on Kang 2018 held-out cell types:
+``benchmarks/results/perturbation.md`` (the README's table).
 """
 from __future__ import annotations
 
@@ -58,10 +58,9 @@ class ShiftedControlSource(Source):
         Leading log-PCs used for the OT matching and the neighbour search.
     blend
         Weight of the neighbour (cell-state) estimate; ``1 − blend`` goes to the mean shift over
-        the training contexts. Measured on Kang (untrained, mean Pearson Δ top-20 over the 5
-        held-out cell types): 1.0 → 0.913, 0.75 → 0.922, 0.5 → 0.906, 0.0 (mean shift) → 0.797.
-        Choosing the weight by leave-one-context-out on the training types was tried and picked
-        worse weights (0.903).
+        the training contexts (0.75 did best among the weights measured on Kang held-out cell
+        types, ``grndiff_shift`` vs ``grndiff_shift_knn`` in ``benchmarks/results/perturbation.md``;
+        choosing it by leave-one-context-out on the training types picked worse weights).
     coupling
         How training pairs a source point ``x₀`` with a perturbed cell ``x₁``:
 
@@ -80,7 +79,7 @@ class ShiftedControlSource(Source):
           on a context left out did not carry to a new one (Kang 2018, ``perturbation_ablation.md``);
           a perturbation seen nowhere else starts from the pooled shift of the others, and the
           network, told which gene is perturbed on the graph, must be free to move the cell on the
-          principal axes (sim DS2 split 0: 0.970 Pearson Δ top-20 with ``"residual"``).
+          principal axes (``benchmarks/results/graph_claim_auto.md``).
     max_bank
         Control cells kept per (perturbation, context) pair (random subset, seeded).
     seed
