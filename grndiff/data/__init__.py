@@ -26,8 +26,8 @@ from .conditions import (
     register_condition_kind,
     split_combo,
 )
+from .datamodule import GRNDataModule, holdout_mask, split_indices
 from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
-from .module import GRNDataModule, holdout_mask, split_indices
 from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k, log1p_normalized_copy
 from .perturbation import PerturbationEncoder, perturbed_genes
 from .processor import CellData, ExpressionProcessor

@@ -28,7 +28,7 @@ from .backed import (  # noqa: F401  (the streamed helpers, re-exported: ondisk.
     median_library_size,
     streams,
 )
-from .module import GRNDataModule
+from .datamodule import GRNDataModule
 from .setup import setup_anndata
 
 

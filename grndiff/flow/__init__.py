@@ -7,17 +7,18 @@ Conventions: time ``t ∈ [0, 1]``; ``x₀`` the source, ``x₁`` the data; path
 
 - :mod:`.paths`: :func:`interpolate`, :func:`target_velocity`, :func:`velocity_from_data`, :func:`flow_loss`
 - :mod:`.sources`: the :class:`Source` objects (:class:`NoiseSource`, :class:`GaussianSource`,
-  :class:`ControlSource`) and :func:`make_source`; :mod:`.transport`: :class:`ShiftedControlSource`
+  :class:`ControlSource`) and :func:`make_source`; :mod:`.shifted_control`: :class:`ShiftedControlSource`
 - :mod:`.schedule`: :func:`sample_time` (logit-normal or uniform)
 - :mod:`.groups`: which group a cell is in (:func:`group_ids`, :func:`condition_keys`, :func:`group_index`)
-- :mod:`.ot`: :func:`ot_pair_indices` (minibatch OT, within condition groups)
+- :mod:`.minibatch_ot`: :func:`ot_pair_indices` (minibatch OT, within condition groups)
 - :mod:`.samplers`: :func:`euler`, :func:`heun`, :func:`dopri5`, :func:`sample_ode`, :func:`count_nfe`
 """
 from .groups import condition_keys, group_ids, group_index
-from .ot import ot_pair_indices
+from .minibatch_ot import ot_pair_indices
 from .paths import flow_loss, interpolate, target_velocity, velocity_from_data
 from .samplers import NFETally, Velocity, count_nfe, dopri5, euler, heun, sample_ode
 from .schedule import sample_time
+from .shifted_control import ShiftedControlSource
 from .sources import (
     ControlSource,
     GaussianSource,
@@ -29,7 +30,6 @@ from .sources import (
     seeded_noise,
     source_classes,
 )
-from .transport import ShiftedControlSource
 
 __all__ = ["ControlSource", "GaussianSource", "NFETally", "NoiseSource", "PerGroupGaussian", "ShiftedControlSource",
            "Source", "Velocity", "count_nfe", "dopri5", "euler", "condition_keys", "flow_loss", "group_ids",

@@ -8,7 +8,7 @@ source                        x₀                                              
 :class:`NoiseSource`          N(0, I)                                                    no
 :class:`GaussianSource`       per-group Gaussian on ``k`` log-PCs, low-rank coupling     no
 :class:`ControlSource`        a paired control cell                                      yes
-:class:`~grndiff.flow.transport.ShiftedControlSource`
+:class:`~grndiff.flow.shifted_control.ShiftedControlSource`
                               a control cell moved by the cell-state-dependent shift     yes
                               estimated from the contexts seen in training
 ============================  =========================================================  ==========

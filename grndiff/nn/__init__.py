@@ -1,7 +1,7 @@
 """Pure-torch model components (no AnnData). Axis glossary: B cells, G genes, E edges,
 P module tokens, D hidden, H heads."""
+from .ablations import MLPVelocity, gene_token_transformer, modules_only
 from .backbones import BACKBONES, backbone_options, build_backbone, register_backbone
-from .baselines import MLPVelocity, gene_token_transformer, modules_only
 from .blocks import AdaLNBlock, FinalLayer, FullAttention, GraphDiTBlock, TokenBlock, modulate
 from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder, register_condition_embedder
 from .embed import GeneEmbedder, TimestepEmbedder

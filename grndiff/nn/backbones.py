@@ -14,7 +14,7 @@ import inspect
 
 from torch import nn
 
-from .baselines import MLPVelocity, gene_token_transformer, modules_only
+from .ablations import MLPVelocity, gene_token_transformer, modules_only
 from .transformer import GRNTransformer
 from .velocity import VelocityField
 

@@ -2,7 +2,7 @@
 from .callbacks import LossHistory
 from .checkpoint import AtomicCheckpointIO, safe_load
 from .ema import EMA
-from .module import BACKBONES, FlowModule, build_backbone, register_backbone
+from .flow_module import BACKBONES, FlowModule, build_backbone, register_backbone
 
 __all__ = ["AtomicCheckpointIO", "safe_load", "BACKBONES", "EMA", "FlowModule", "LossHistory", "build_backbone",
            "register_backbone"]

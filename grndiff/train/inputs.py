@@ -15,7 +15,7 @@ import torch
 from ..data import ExpressionProcessor
 from ..graph import GeneGraph
 from ..nn.backbones import NET_OPTIONS, backbone_options  # noqa: F401  (re-exported)
-from .module import FlowModule
+from .flow_module import FlowModule
 
 FLOW_OPTIONS = tuple(n for n in inspect.signature(FlowModule.__init__).parameters
                      if n not in ("self", "inputs", "backbone", "net_kwargs", "source", "max_steps"))
