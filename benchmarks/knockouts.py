@@ -69,6 +69,17 @@ def papalexi_all(quick_cells: int | None = None):
     return proto.papalexi_measured(quick_cells, gd.priors.combine(UNION)[["source", "target"]].to_numpy().ravel())
 
 
+def unnameable(kind) -> list[str]:
+    """Papalexi knock-outs that neither the data measure nor the prior ``kind`` names (sorted)."""
+    import grndiff as gd
+    adata = gd.datasets.papalexi2021()
+    kos = set(adata.obs["perturbation"].astype(str)) - {"control"}
+    union = set(gd.priors.combine(UNION)[["source", "target"]].to_numpy().ravel())
+    named = union if kind in ("union", "shuffled") else (
+        set() if kind is None else set(gd.priors.combine([kind])[["source", "target"]].to_numpy().ravel()))
+    return sorted((kos & (union | set(adata.var_names))) - named - set(adata.var_names))
+
+
 def _prior(kind, fold):
     import grndiff as gd
     if kind == "union":
@@ -183,6 +194,11 @@ def main(argv=None):
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variants {bad}; choose from {list(VARIANTS)}")
+    for v in variants:  # a knock-out its prior does not name cannot be a node: say so before any training
+        missing = unnameable(VARIANTS[v][0])
+        if missing:
+            ap.error(f"{v}: the knock-outs {missing} are neither measured nor in its prior, so this variant cannot "
+                     "predict them (a gene in no prior cannot be a node); use a variant whose prior names them")
     net, out_dir, args.quick_cells = {}, args.out_dir, None
     if args.quick:
         args.steps, args.n_steps, args.pred_cells, seeds, args.quick_cells = 10, 2, 40, [0], 30
