@@ -69,15 +69,20 @@ def papalexi_all(quick_cells: int | None = None):
     return proto.papalexi_measured(quick_cells, gd.priors.combine(UNION)[["source", "target"]].to_numpy().ravel())
 
 
-def unnameable(kind) -> list[str]:
-    """Papalexi knock-outs that neither the data measure nor the prior ``kind`` names (sorted)."""
+def unnameable(kinds) -> dict:
+    """{prior kind: the Papalexi knock-outs (sorted) that the data do not measure and that prior does
+    not name}, among those the union prior names; the data and the union are read once for all kinds."""
     import grndiff as gd
     adata = gd.datasets.papalexi2021()
-    kos = set(adata.obs["perturbation"].astype(str)) - {"control"}
+    measured = set(adata.var_names)
     union = set(gd.priors.combine(UNION)[["source", "target"]].to_numpy().ravel())
-    named = union if kind in ("union", "shuffled") else (
-        set() if kind is None else set(gd.priors.combine([kind])[["source", "target"]].to_numpy().ravel()))
-    return sorted((kos & (union | set(adata.var_names))) - named - set(adata.var_names))
+    kos = (set(adata.obs["perturbation"].astype(str)) - {"control"}) & (union | measured)
+
+    def named(kind):
+        if kind in ("union", "shuffled"):
+            return union
+        return set() if kind is None else set(gd.priors.combine([kind])[["source", "target"]].to_numpy().ravel())
+    return {kind: sorted(kos - named(kind) - measured) for kind in dict.fromkeys(kinds)}
 
 
 def _prior(kind, fold):
@@ -194,8 +199,9 @@ def main(argv=None):
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variants {bad}; choose from {list(VARIANTS)}")
+    missing_by_prior = unnameable(VARIANTS[v][0] for v in variants)
     for v in variants:  # a knock-out its prior does not name cannot be a node: say so before any training
-        missing = unnameable(VARIANTS[v][0])
+        missing = missing_by_prior[VARIANTS[v][0]]
         if missing:
             ap.error(f"{v}: the knock-outs {missing} are neither measured nor in its prior, so this variant cannot "
                      "predict them (a gene in no prior cannot be a node); use a variant whose prior names them")

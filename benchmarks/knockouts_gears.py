@@ -41,8 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 HERE = Path(__file__).resolve().parent
 DEFAULT_GEARS_PYTHON = HERE / "peers" / ".venvs" / "gears" / "bin" / "python"
 RUN_GEARS = HERE / "peers" / "run_gears.py"
-UNION = ["collectri", "omnipath_signaling"]
-STRONG = ("IFNGR1", "IFNGR2", "JAK2", "STAT1", "IRF1")
 CTRL = "control"
 
 
@@ -135,7 +133,7 @@ def main(argv=None):
 
     from _protocol import average_groups, log_expression, quiet, reference_pca, score_ceiling, score_perturbation
     from _results import command_string, record, write_results
-    from knockouts import papalexi_all
+    from knockouts import STRONG, UNION, papalexi_all
     from perturbation import _summary, papalexi_folds
 
     import grndiff as gd
