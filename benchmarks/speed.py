@@ -69,6 +69,9 @@ FULL = dict(genes=(2000, 7000, 20000), batch=64, cells=512, warmup=2, repeats=3,
             sample_steps=4, matmul_n=2048, goal_sample=(1000, 20))
 QUICK = dict(genes=(200,), batch=8, cells=48, warmup=1, repeats=1, sample_cells=4, sample_steps=2,
              matmul_n=256, goal_sample=None)
+# --modes: the speed switches of GRNDiff.train / sample (issue 33); "fp32" is the package default
+MODES = {"fp32": {"precision": None, "compile": False}, "bf16": {"precision": "bf16", "compile": False},
+         "compile": {"precision": None, "compile": True}, "bf16+compile": {"precision": "bf16", "compile": True}}
 
 
 # ==================================================================== data (parent process)
@@ -188,8 +191,13 @@ def child(cfg: dict) -> dict:
 
     # the training step as GRNDiff.train runs it (Lightning: forward, backward, clipping, AdamW, EMA)
     timer = _step_timer(cfg["warmup"])
+    mode = MODES[cfg.get("mode", "fp32")]  # speed switches (only passed when set: older revisions lack them)
+    fast = {"precision": mode["precision"]} if mode["precision"] else {}
+    t_train = time.perf_counter()
     model.train(max_steps=cfg["warmup"] + cfg["repeats"], batch_size=cfg["batch"], val_fraction=0.0,
-                progress_bar=False, accelerator="cpu", callbacks=[timer])
+                progress_bar=False, accelerator="cpu", callbacks=[timer],
+                **(dict(fast, compile=True) if mode["compile"] else fast))
+    out["train_call_s"] = time.perf_counter() - t_train  # with the warm-up steps (and a compile, if any)
     times, (r0, r1) = timer.times, timer.usage
     user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     out.update(train_step_s=statistics.median(times), train_times=times, system_frac=system / max(user + system, 1e-9),
@@ -221,11 +229,11 @@ def child(cfg: dict) -> dict:
     out["gflops"] = out["flops"] / out["train_step_s"] / 1e9
     out["matmul_peak_gflops"] = _matmul_gflops(cfg["matmul_n"])
 
-    model.sample(4, n_steps=1, seed=0)  # warm-up
+    model.sample(4, n_steps=1, seed=0, **fast)  # warm-up
     n, s = cfg["sample_cells"], cfg["sample_steps"]
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    model.sample(n, n_steps=s, seed=1)
+    model.sample(n, n_steps=s, seed=1, **fast)
     dt = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -272,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure --compare revisions only up to this many genes (slow old code)")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--modes", default="fp32",
+                    help=f"comma-separated speed switches of this tree, each its own process: {list(MODES)}; "
+                    "--compare revisions run fp32 only")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every measuring process (default 2)")
     ap.add_argument("--no-goal-sample", action="store_true", help="skip the 1,000 cells × 20 steps timing")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per measuring process")
@@ -284,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     p = dict(QUICK if args.quick else FULL)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        ap.error(f"--modes: choose from {list(MODES)}, got {args.modes!r}")
     if args.genes:
         p["genes"] = tuple(int(g) for g in args.genes.split(","))
     genes = list(p["genes"])
@@ -303,24 +317,24 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="grndiff_speed_") as tmp:
         tmp = Path(tmp)
-        revs: list[tuple[str, Path]] = [("grndiff", ROOT)]
+        revs: list[tuple[str, Path, str]] = [(_method(m), ROOT, m) for m in modes]
         trees = []
         try:
             for rev in args.compare:
                 trees.append(_worktree(rev, tmp))
-                revs.append((f"grndiff@{rev}", trees[-1]))
+                revs.append((f"grndiff@{rev}", trees[-1], "fp32"))
             for G in genes:
                 path = tmp / f"speed_G{G}.h5ad"
                 speed_adata(G, p["cells"]).write_h5ad(path)
                 group = f"G{G}_B{p['batch']}"
-                for method, tree in revs:
-                    if method != "grndiff" and args.compare_max_genes and G > args.compare_max_genes:
+                for method, tree, mode in revs:
+                    if "@" in method and args.compare_max_genes and G > args.compare_max_genes:
                         extra["errors"][f"{method}/{group}"] = (
                             f"skipped: above --compare-max-genes {args.compare_max_genes}")
                         continue
                     cfg = dict(path=str(path), threads=args.threads, batch=p["batch"], warmup=p["warmup"],
                                repeats=p["repeats"], sample_cells=p["sample_cells"], sample_steps=p["sample_steps"],
-                               matmul_n=p["matmul_n"])
+                               matmul_n=p["matmul_n"], mode=mode)
                     t0 = time.perf_counter()
                     try:
                         r = _run_child(cfg, tree, args.timeout)
@@ -359,15 +373,27 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if extra["errors"] and not any("skipped" in v for v in extra["errors"].values()) else 0
 
 
+def _method(mode: str) -> str:
+    return "grndiff" if mode == "fp32" else f"grndiff[{mode}]"
+
+
 def _add_ratios(recs: list[dict], group: str) -> None:
-    """``speedup_*`` rows (method ``grndiff``): old / new of the same group, once both exist."""
-    here = {r["metric"]: r["value"] for r in recs if r["group"] == group and r["method"] == "grndiff"}
-    for r in [r for r in recs if r["group"] == group and r["method"].startswith("grndiff@")]:
-        rev = r["method"].split("@", 1)[1]
-        if r["metric"] in ("train_step_s", "sample_s_per_cell_step") and here.get(r["metric"]) and r["value"]:
-            name = f"speedup_{r['metric']}_vs_{rev}"
-            if not any(x["metric"] == name and x["group"] == group for x in recs):
-                recs.append(record(NAME, "grndiff", name, r["value"] / here[r["metric"]], group=group))
+    """``speedup_*`` rows: old revision / this tree (each mode), and fp32 / each other mode of this tree,
+    in the same group, once both exist."""
+    timed = ("train_step_s", "sample_s_per_cell_step")
+    rows = [r for r in recs if r["group"] == group and r["metric"] in timed and r["value"]]
+    value = {(r["method"], r["metric"]): r["value"] for r in rows}
+    for r in rows:
+        if r["method"].startswith("grndiff@"):  # an older revision: against every mode of this tree
+            pairs = [(m, r["method"].split("@", 1)[1]) for (m, k) in value if k == r["metric"] and "@" not in m]
+        elif r["method"] == "grndiff":  # fp32 of this tree: against the other modes
+            pairs = [(m, "fp32") for (m, k) in value if k == r["metric"] and m.startswith("grndiff[")]
+        else:
+            continue
+        for method, ref in pairs:
+            name = f"speedup_{r['metric']}_vs_{ref}"
+            if not any(x["metric"] == name and x["group"] == group and x["method"] == method for x in recs):
+                recs.append(record(NAME, method, name, r["value"] / value[(method, r["metric"])], group=group))
 
 
 def _write(recs, extra, command, out_dir, t_all) -> None:

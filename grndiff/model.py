@@ -162,7 +162,7 @@ class GRNDiff(TokenReadout):
               precision: Any = None, seed: int | None = None, progress_bar: bool = True, logger: Any = False,
               default_root_dir: str | None = None, enable_checkpointing: bool = False, callbacks=None,
               adata: ad.AnnData | None = None, verbose: bool = False, gate: bool | str = "auto",
-              gate_fraction: float = 0.2, **trainer_kwargs) -> GRNDiff:
+              gate_fraction: float = 0.2, compile: bool | None = None, **trainer_kwargs) -> GRNDiff:
         """Train with Lightning (CPU or GPU, ``accelerator="auto"``).
 
         ``adata`` defaults to the AnnData the model was built on (a reference; it is not modified).
@@ -174,6 +174,12 @@ class GRNDiff(TokenReadout):
         on them how much of the learned flow :meth:`predict` should apply (:mod:`grndiff.gate`);
         the source is refitted on every training cell afterwards. The choice is ``model.gate_``, its
         scores ``model.validation_``; both are saved with the model.
+
+        ``precision`` (Lightning's: ``None``/``"32-true"`` float32; ``"bf16"``/``"bf16-mixed"``
+        bfloat16 autocast, weights and optimizer state in float32) and ``compile`` (the blocks'
+        element-wise passes through ``torch.compile``, :mod:`grndiff.nn.fused`; kept for sampling,
+        ``None`` keeps the model's setting) are the speed switches; ratios measured on CPU are in
+        ``benchmarks/results/speed_precision.md``.
         """
         adata = adata if adata is not None else getattr(self, "_adata", None)
         if adata is None:
@@ -182,6 +188,10 @@ class GRNDiff(TokenReadout):
             raise ValueError(f"gate must be 'auto', True or False, got {gate!r}")
         if not 0.0 < float(gate_fraction) < 1.0:
             raise ValueError(f"gate_fraction must be in (0, 1), got {gate_fraction}")
+        if precision == "bf16":
+            precision = "bf16-mixed"  # Lightning's name for bfloat16 autocast
+        if compile is not None:  # the model's setting from now on (sampling too), saved with it
+            self.module.hparams["compile"] = self.config["options"]["compile"] = bool(compile)
         split = None
         if gate is True or (gate == "auto" and self.module.source.can_transport):
             if not self.module.source.can_transport:
@@ -267,7 +277,8 @@ class GRNDiff(TokenReadout):
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def sample(self, n_cells: int, conditions: dict | pd.DataFrame | None = None, *, n_steps: int = 50,
                method: str = "euler", guidance: float = 1.0, seed: int = 0, batch_size: int = 1024,
-               counts: bool = False, clip: bool = True, progress: bool = True) -> ad.AnnData:
+               counts: bool = False, clip: bool = True, progress: bool = True,
+               precision: str | None = None) -> ad.AnnData:
         """Generate ``n_cells`` cells.
 
         Parameters
@@ -289,6 +300,9 @@ class GRNDiff(TokenReadout):
         progress
             Show progress (default): a bar on a terminal or in Jupyter once a call takes more than
             2 s, an occasional line in a log file; ``False``: nothing.
+        precision
+            ``"bf16"``: the network under bfloat16 autocast (faster on a CPU with AVX512-BF16 or a
+            GPU; the solver stays float32); ``None`` (default): float32.
 
         Returns
         -------
@@ -302,15 +316,15 @@ class GRNDiff(TokenReadout):
         self.processor.conditions.warn_unseen(obs, self.module.source.unseen(cond, n_cells))
         x0 = self.module.source.draw(n_cells, cond, pert, seed=seed)
         x = self.module.generate(x0, cond, pert, n_steps=n_steps, method=method, guidance=guidance,
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, precision=precision)
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "sample",
-                  "clip": clip}
+                  "clip": clip, "precision": precision}
         return self._to_anndata(x, obs, params, counts=counts, seed=seed, clip=clip)
 
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def predict(self, adata_ctrl: ad.AnnData, conditions: dict, *, n_steps: int = 50, method: str = "euler",
                 guidance: float = 1.0, seed: int = 0, batch_size: int = 1024, clip: bool = True,
-                progress: bool = False, flow: bool | None = None) -> ad.AnnData:
+                progress: bool = False, flow: bool | None = None, precision: str | None = None) -> ad.AnnData:
         """Counterfactual: what would these control cells look like under ``conditions``?
 
         The model's source moves each control cell (``shifted_control``: by the cell-state-dependent
@@ -321,7 +335,7 @@ class GRNDiff(TokenReadout):
         ``flow=True`` the whole flow. Conditions not given in ``conditions`` are taken from ``adata_ctrl.obs``. A model
         whose source only generates (``gaussian``, ``noise``) raises a ``ValueError`` naming what to set.
         The prediction is deterministic (an ODE from the given cells): ``seed`` changes nothing and is
-        kept for the signature ``sample`` shares.
+        kept for the signature ``sample`` shares. ``precision="bf16"``: as in :meth:`sample`.
 
         Returns
         -------
@@ -341,11 +355,11 @@ class GRNDiff(TokenReadout):
         x = x0
         if alpha > 0:
             x = self.module.generate(x0, cond, pert, n_steps=n_steps, method=method, guidance=guidance,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress, precision=precision)
             x = x0 + alpha * (x - x0) if alpha < 1 else x
         obs.index = adata_ctrl.obs_names.astype(str) + "-pred"
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "predict",
-                  "clip": clip, "flow": flow, "flow_weight": alpha}
+                  "clip": clip, "flow": flow, "flow_weight": alpha, "precision": precision}
         return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip, like=adata_ctrl)
 
     @property

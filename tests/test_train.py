@@ -203,3 +203,47 @@ def test_bf16_mixed_precision_trains_on_cpu_with_fp32_weights():
     assert all(p.dtype == torch.float32 for p in m.module.net.parameters())
     X = m.sample(6, n_steps=2).X
     assert np.isfinite(X.toarray() if hasattr(X, "toarray") else X).all()
+
+
+def test_bf16_sampling_is_close_to_float32_and_bad_precision_is_refused():
+    """``sample(precision="bf16")`` runs the network under autocast: the cells stay float32 and close
+    to the float32 run (bfloat16 keeps ~3 significant digits); an unknown precision names the choices."""
+    a = gd.datasets.kang2018_tiny()
+    gd.GRNDiff.setup_anndata(a, layer="counts", condition_keys=["condition"])
+    m = gd.GRNDiff(a, prior="collectri", modules="hallmark", hidden=8, depth=1, token_depth=1, seed=0)
+    m.train(max_steps=6, batch_size=32, progress_bar=False, gate=False)
+    x32 = m.sample(8, n_steps=3, seed=1, clip=False).X
+    x16 = m.sample(8, n_steps=3, seed=1, clip=False, precision="bf16").X
+    assert x16.dtype == np.float32
+    moved = np.abs(x32 - m.sample(8, n_steps=1, seed=1, clip=False).X).mean()
+    assert np.abs(x16 - x32).mean() < 0.1 * max(moved, 1e-3)
+    assert m.sample(2, n_steps=1, precision="bf16").uns["grndiff"]["params"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        m.sample(2, n_steps=1, precision="fp8")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_survive_save_load(tmp_path):
+    """``train(compile=True)``: the blocks' element-wise passes run through ``torch.compile``
+    (grndiff.nn.fused); the velocity equals the eager one to float rounding, the setting is saved
+    with the model, and a model built without it is unchanged."""
+    from grndiff.nn import fused
+
+    a = gd.datasets.kang2018_tiny()
+    gd.GRNDiff.setup_anndata(a, layer="counts", condition_keys=["condition"])
+    m = gd.GRNDiff(a, prior="collectri", modules="hallmark", hidden=8, depth=1, token_depth=1, seed=0)
+    m.train(max_steps=3, batch_size=32, progress_bar=False, gate=False, compile=True)
+    assert m.module.compiled and np.isfinite(m.history["train_loss"].dropna()).all()
+    net = m.module.net.eval()
+    x, t = torch.randn(5, m.graph.n_genes), torch.full((5,), 0.3)
+    cond = {"condition": torch.tensor([0, 1, 0, 1, 0])}
+    with torch.no_grad():
+        eager = net(x, t, cond, None)
+        with fused.compiled(True):
+            assert fused.is_enabled()
+            comp = net(x, t, cond, None)
+    assert not fused.is_enabled()
+    torch.testing.assert_close(comp, eager, rtol=1e-4, atol=1e-5)
+    assert float(eager.abs().max()) > 0  # trained: the velocity is not the zero of the init
+    m.save(tmp_path / "m")
+    assert gd.GRNDiff.load(tmp_path / "m").module.compiled

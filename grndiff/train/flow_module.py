@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import flow
 from ..nn.backbones import BACKBONES, build_backbone, register_backbone  # noqa: F401  (re-exported)
+from ..nn import fused
 from ..nn.conditions import NULL_CODES
 from .ema import EMA
 
@@ -62,13 +63,17 @@ class FlowModule(L.LightningModule):
         What the network outputs: ``"velocity"`` (``v`` directly; ``v ≡ 0`` at init, so the flow
         starts as the identity map of its source) or ``"data"`` (the clean cell ``x̂₁``, turned
         into ``v = (x̂₁ − x_t)/(1 − t)``). On kang2018 x-prediction did not help at our budgets.
+    compile
+        Run the blocks' element-wise passes compiled (:mod:`grndiff.nn.fused`, ``torch.compile``)
+        in training and sampling. Off by default: the first step pays the compile (tens of seconds
+        on a CPU) and the gain is measured in ``benchmarks/results/speed_precision.md``.
     """
 
     def __init__(self, inputs: dict | None = None, backbone: str = "grn", net_kwargs: dict | None = None,
                  source: str | dict | flow.Source = "gaussian", time_schedule: str = "logit_normal",
                  ot_pairing: bool = False, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
                  max_steps: int | None = None, ema_decay: float = 0.999, token_aux_weight: float = 0.1,
-                 context_conditioning: bool = True, prediction: str = "velocity"):
+                 context_conditioning: bool = True, prediction: str = "velocity", compile: bool = False):
         super().__init__()
         if prediction not in ("velocity", "data"):
             raise ValueError(f"prediction must be 'velocity' or 'data', got {prediction!r}")
@@ -191,8 +196,14 @@ class FlowModule(L.LightningModule):
         tt = torch.as_tensor(t, device=x.device, dtype=x.dtype)
         return self._as_velocity(out, x, tt.expand(x.shape[0]) if tt.dim() == 0 else tt, cond, pert)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether training and sampling run the compiled element-wise passes (``compile``)."""
+        return bool(self.hparams.get("compile", False))
+
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        with fused.compiled(self.compiled):
+            loss = self._loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at step {self.global_step}: stopping before a broken "
@@ -207,7 +218,8 @@ class FlowModule(L.LightningModule):
         if self.ema is not None:
             self.net = self.ema.shadow
         try:
-            loss = self._loss(batch, generator=g)
+            with fused.compiled(self.compiled):
+                loss = self._loss(batch, generator=g)
         finally:
             self.net = net
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch["x"].shape[0])
@@ -248,9 +260,14 @@ class FlowModule(L.LightningModule):
     def generate(self, x0: torch.Tensor, cond: dict | None = None, pert: torch.Tensor | None = None, *,
                  n_steps: int = 50, method: str = "euler", guidance: float = 1.0, use_ema: bool = True,
                  batch_size: int = 1024, t_span: tuple[float, float] = (0.0, 1.0),
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, precision: str | None = None) -> torch.Tensor:
         """Integrate the learned ODE from ``x0`` (B, G) over ``t_span`` → (B, G) (scaled space),
-        ``batch_size`` cells at a time (``cond`` {name: (B,)}, ``pert`` (B, S) sliced alongside)."""
+        ``batch_size`` cells at a time (``cond`` {name: (B,)}, ``pert`` (B, S) sliced alongside).
+
+        ``precision="bf16"`` evaluates the network under bfloat16 autocast (matrix products in
+        bfloat16, the state and the solver in float32); ``None``/``"32"``: float32 throughout.
+        """
+        bf16 = check_precision(precision)
         net = self.sampling_net if use_ema else self.net
         was_training = net.training
         net.eval()
@@ -263,12 +280,26 @@ class FlowModule(L.LightningModule):
                 p = None if pert is None else pert[sl]
 
                 def f(x, t, c=c, p=p):
-                    return self.velocity(net, x, t, c, p, guidance=guidance)
-                out.append(flow.sample_ode(f, x0[sl], method=method, n_steps=n_steps, t0=t_span[0], t1=t_span[1],
-                                           progress=progress and s == 0))
+                    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                        return self.velocity(net, x, t, c, p, guidance=guidance).float()
+                with fused.compiled(self.compiled):
+                    out.append(flow.sample_ode(f, x0[sl], method=method, n_steps=n_steps, t0=t_span[0],
+                                               t1=t_span[1], progress=progress and s == 0))
         finally:
             net.train(was_training)
         return torch.cat(out) if out else x0.clone()
+
+
+PRECISIONS = (None, "32", "32-true", "bf16", "bf16-mixed")
+
+
+def check_precision(precision: str | None) -> bool:
+    """Whether ``precision`` (one of :data:`PRECISIONS`) asks for bfloat16 autocast."""
+    if precision is not None:
+        precision = str(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision in ("bf16", "bf16-mixed")
 
 
 def _spec_get(spec, key):
