@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .. import flow
-from ..nn.backbones import BACKBONES, build_backbone, register_backbone  # noqa: F401  (re-exported)
 from ..nn import fused
+from ..nn.backbones import BACKBONES, build_backbone, register_backbone  # noqa: F401  (re-exported)
 from ..nn.conditions import NULL_CODES
 from .ema import EMA
 
