@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-goal-sample", action="store_true", help="skip the 1,000 cells × 20 steps timing")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per measuring process")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results; --quick: print only)")
+    ap.add_argument("--name", default=NAME, help="results file name (default speed)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{r['gflops']:.1f}/{r['matmul_peak_gflops']:.0f} GFLOP/s ({time.perf_counter() - t0:.0f} s)")
                     _add_ratios(recs, group)
                     if out_dir is not None:  # after every measurement: a stopped run keeps what it measured
-                        _write(recs, extra, command, out_dir, t_all)
+                        _write(recs, extra, command, out_dir, t_all, args.name)
             goal = tmp / "speed_G7000.h5ad"
             if p["goal_sample"] and goal.exists():  # last: the longest measurement
                 cfg = dict(path=str(goal), threads=args.threads, goal_sample=p["goal_sample"])
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in trees:
                 subprocess.run(["git", "worktree", "remove", "--force", str(t)], cwd=ROOT, capture_output=True)
     if out_dir is not None:
-        _write(recs, extra, command, out_dir, t_all)
+        _write(recs, extra, command, out_dir, t_all, args.name)
     else:
         print(f"command: {command}\n")
     print(records_to_markdown(recs))
@@ -396,11 +397,11 @@ def _add_ratios(recs: list[dict], group: str) -> None:
                 recs.append(record(NAME, method, name, r["value"] / value[(method, r["metric"])], group=group))
 
 
-def _write(recs, extra, command, out_dir, t_all) -> None:
+def _write(recs, extra, command, out_dir, t_all, name: str = NAME) -> None:
     ex = dict(extra, load_average_end=list(os.getloadavg()), wall_seconds=time.perf_counter() - t_all, notes=NOTES)
     if not ex["errors"]:
         del ex["errors"]
-    write_results(NAME, recs, command, extra=ex, out_dir=out_dir)
+    write_results(name, recs, command, extra=ex, out_dir=out_dir)
 
 
 NOTES = [
