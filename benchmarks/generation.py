@@ -295,7 +295,7 @@ def _scvi_generate(train, keys, counts_per_group, *, seed, max_epochs, symbol_ke
     import anndata as ad
     raw = ad.AnnData(np.concatenate(Xs).astype(np.float32), var=train.var[[]].copy())
     raw.layers["counts"] = raw.X.copy()
-    X = _dense(log1p_normalized_copy(raw, layer="counts", kind="counts").X)
+    X = _dense(log1p_normalized_copy(raw, layer="counts", value_kind="counts").X)
     return X, labels, train_s
 
 

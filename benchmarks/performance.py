@@ -374,7 +374,7 @@ def child_backed(args) -> dict:
     reader = BackedCSR(args.path)
     out = {"mode": args.mode, "file_cells": reader.n_obs}
     t0 = time.perf_counter()
-    scaler = streaming_scaler(args.path, kind="counts", block_size=20_000,
+    scaler = streaming_scaler(args.path, value_kind="counts", block_size=20_000,
                               rows=None if args.mode == "backed" else (0, args.subset))
     out["scaler_seconds"] = time.perf_counter() - t0
     out["scaler_cells"] = reader.n_obs if args.mode == "backed" else args.subset
@@ -383,13 +383,15 @@ def child_backed(args) -> dict:
         import pandas as pd  # noqa: PLC0415
 
         out["full_pass"] = {}
-        dm = BackedDataModule(args.path, scaler, kind="counts", batch_size=B, block_size=1024, blocks_per_fetch=16)
+        dm = BackedDataModule(args.path, scaler, value_kind="counts", batch_size=B, block_size=1024,
+                              blocks_per_fetch=16)
         t0, n = time.perf_counter(), 0
         for b in dm.train_dataloader():  # the whole file once: memory must not grow with N
             n += b["x"].shape[0]
         out["full_pass"] = {"cells": n, "cells_per_s": n / (time.perf_counter() - t0)}
         del pd
-        sub = BackedDataModule(args.path, scaler, kind="counts", batch_size=B, block_size=1024, blocks_per_fetch=16)
+        sub = BackedDataModule(args.path, scaler, value_kind="counts", batch_size=B, block_size=1024,
+                               blocks_per_fetch=16)
         sub.train_set.rows = (0, args.subset)  # the same cells as in_memory
         train_loader = sub.train_dataloader
     else:

@@ -47,7 +47,7 @@ def _data_module_class():
             Regulatory graph and gene sets (shipped names, paths, or ``null``).
         """
 
-        def __init__(self, dataset: str = "kang2018", layer: str | None = None, kind: str | None = None,
+        def __init__(self, dataset: str = "kang2018", layer: str | None = None, value_kind: str | None = None,
                      condition_keys: list[str] | None = None, continuous_keys: list[str] | None = None,
                      set_keys: list[str] | None = None, hierarchy: list[str] | None = None,
                      perturbation_key: str | None = None, control: str = "control", control_obs: dict | None = None,
@@ -62,7 +62,8 @@ def _data_module_class():
 
             self.save_hyperparameters()
             adata = load_adata(dataset)
-            setup_anndata(adata, layer=layer, kind=kind, condition_keys=condition_keys, continuous_keys=continuous_keys,
+            setup_anndata(adata, layer=layer, value_kind=value_kind, condition_keys=condition_keys,
+                          continuous_keys=continuous_keys,
                           set_keys=set_keys, hierarchy=hierarchy, perturbation_key=perturbation_key, control=control,
                           control_obs=control_obs, symbol_key=symbol_key)
             self.adata = adata

@@ -67,7 +67,7 @@ def test_setup_writes_only_uns_and_reads_back(tmp_path):
     assert (a.X != before.X).nnz == 0 and set(a.layers) == {"counts"}
     assert not a.obsm and not a.varm and not a.obsp
     s = get_setup(a)
-    assert s["kind"] == "counts" and s["hierarchy"] == ["tissue"] and s["perturbation_key"] == "perturbation"
+    assert s["value_kind"] == "counts" and s["hierarchy"] == ["tissue"] and s["perturbation_key"] == "perturbation"
     assert s["control_obs"] == {"condition": ["ctrl"]} and s["symbol_key"] is None
     a.write_h5ad(tmp_path / "a.h5ad")  # the record survives h5ad round trips as plain types
     s2 = get_setup(ad.read_h5ad(tmp_path / "a.h5ad"))
@@ -136,9 +136,26 @@ def test_non_integer_counts_refused():
         _setup(a)
     a.layers["logn"] = log1p_cp10k(a.layers["counts"].astype(np.float32).floor())
     _setup(a, layer="logn")
-    assert get_setup(a)["kind"] == "log"
+    assert get_setup(a)["value_kind"] == "log"
 
 
+
+
+def test_former_setup_names_still_work_with_a_future_warning():
+    """``kind``/``perturbation_kind`` are the former names of ``value_kind``/``perturbation_type``:
+    they still work (a FutureWarning), both at once is an error, and a record written with the old
+    keys reads back under the new ones."""
+    a = _adata()
+    with pytest.warns(FutureWarning, match="now value_kind"):
+        setup_anndata(a, layer="counts", kind="counts", condition_keys=["cell_type"])
+    assert get_setup(a)["value_kind"] == "counts"
+    with pytest.raises(TypeError, match="pass value_kind= only"):
+        setup_anndata(a, layer="counts", kind="counts", value_kind="counts")
+    old = {"value_kind": "kind", "perturbation_type": "perturbation_kind"}
+    a.uns["_grndiff"] = {old.get(k, k): v for k, v in a.uns["_grndiff"].items()}
+    a.uns["_grndiff"]["perturbation_kind"] = "kd"
+    rec = get_setup(a)
+    assert rec["value_kind"] == "counts" and rec["perturbation_type"] == "kd" and "kind" not in rec
 def test_gene_scaler_round_trip_and_floor():
     rng = np.random.default_rng(0)
     X = sp.random(50, 7, density=0.3, random_state=0, format="csr", dtype=np.float32) * 3
@@ -228,7 +245,7 @@ def test_condition_set_encode_dict():
 def test_processor_state_round_trip(tmp_path):
     a = _setup(_adata())
     proc = ExpressionProcessor().fit(a)
-    assert proc.kind == "counts" and proc.genes == GENES and proc.has_gene_perturbations
+    assert proc.value_kind == "counts" and proc.genes == GENES and proc.has_gene_perturbations
     torch.save(proc.to_state(), tmp_path / "p.pt")
     back = ExpressionProcessor.from_state(torch.load(tmp_path / "p.pt", weights_only=True))
     d1, d2 = proc.prepare(a), back.prepare(a)
@@ -344,7 +361,7 @@ def test_kang2018_log_layer_through_the_data_module():
     a = gd.datasets.kang2018()  # the shipped copy: runs in every clean clone
     setup_anndata(a, layer="logcounts", condition_keys=["cluster_id", "group_id"])
     proc = ExpressionProcessor().fit(a)
-    assert proc.kind == "log"
+    assert proc.value_kind == "log"
     dm = GRNDataModule(proc.prepare(a), proc.scaler, a.obs, batch_size=64, stratify_key="cluster_id")
     b = next(iter(dm.train_dataloader()))
     assert b["x"].shape == (64, a.n_vars) and torch.isfinite(b["x"]).all()

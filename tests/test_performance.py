@@ -48,7 +48,7 @@ def test_reader_blocks_equal_the_matrix(h5ad_counts):
 def test_streaming_scaler_matches_in_memory_fit(h5ad_counts):
     path, X = h5ad_counts
     ref = GeneScaler().fit(log1p_cp10k(X))
-    s = streaming_scaler(path, kind="counts", block_size=97)
+    s = streaming_scaler(path, value_kind="counts", block_size=97)
     np.testing.assert_allclose(s.mean, ref.mean, atol=1e-6)
     np.testing.assert_allclose(s.std, ref.std, atol=1e-6)
 
@@ -110,7 +110,7 @@ def test_training_from_backed_file(h5ad_counts, precision):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    dm = BackedDataModule(path, kind="counts", batch_size=32, block_size=100)  # scaler streamed from the file
+    dm = BackedDataModule(path, value_kind="counts", batch_size=32, block_size=100)  # scaler streamed from the file
     trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, precision=precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Record()])

@@ -17,8 +17,8 @@ in the file. The per-gene scaler statistics are computed by streaming the same b
 
 ::
 
-    scaler = streaming_scaler("big.h5ad", kind="counts")
-    dm = BackedDataModule("big.h5ad", scaler, kind="counts", batch_size=64,
+    scaler = streaming_scaler("big.h5ad", value_kind="counts")
+    dm = BackedDataModule("big.h5ad", scaler, value_kind="counts", batch_size=64,
                           cond={"cell_type": codes})   # (N,) int64 codes, 0 = null token
 
 Only :mod:`numpy`, :mod:`scipy`, :mod:`h5py`, :mod:`torch` and the normalisation helpers of this
@@ -117,14 +117,14 @@ class BackedCSR:
             self._file = None
 
 
-def _to_log(block: sp.csr_matrix, kind: str, target_sum: float) -> sp.csr_matrix:
+def _to_log(block: sp.csr_matrix, value_kind: str, target_sum: float) -> sp.csr_matrix:
     """A block of stored values → (n, G) float32 CSR log1p values."""
-    if kind == "counts":
+    if value_kind == "counts":
         return log1p_cp10k(block, target_sum)
     return sp.csr_matrix(block, dtype=np.float32)
 
 
-def streaming_scaler(path, layer: str | None = None, *, kind: str = "counts", block_size: int = 20_000,
+def streaming_scaler(path, layer: str | None = None, *, value_kind: str = "counts", block_size: int = 20_000,
                      rows=None, target_sum: float = 1e4, min_std: float = MIN_STD) -> GeneScaler:
     """Per-gene mean / std of the log1p values, accumulated block by block (float64 sums).
 
@@ -132,7 +132,7 @@ def streaming_scaler(path, layer: str | None = None, *, kind: str = "counts", bl
     ----------
     path, layer
         The ``.h5ad`` and its layer (``None``: ``X``).
-    kind
+    value_kind
         ``"counts"`` (CP10k + log1p applied per block) or ``"log"`` (values used as stored).
     block_size
         Rows read at a time; memory ~ ``block_size × G × density`` values.
@@ -146,14 +146,14 @@ def streaming_scaler(path, layer: str | None = None, *, kind: str = "counts", bl
     A fitted :class:`~grndiff.data.GeneScaler` (G genes), identical (up to float rounding) to
     ``GeneScaler().fit`` on the whole matrix.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if value_kind not in KINDS:
+        raise ValueError(f"value_kind must be one of {KINDS}, got {value_kind!r}")
     reader = BackedCSR(path, layer)
     start, stop = (0, reader.n_obs) if rows is None else (int(rows[0]), min(int(rows[1]), reader.n_obs))
     G = reader.n_vars
     s1, s2, n = np.zeros(G), np.zeros(G), 0
     for s in range(start, stop, block_size):
-        X = _to_log(reader.read_rows(s, min(s + block_size, stop)), kind, target_sum)
+        X = _to_log(reader.read_rows(s, min(s + block_size, stop)), value_kind, target_sum)
         d = X.data.astype(np.float64)
         s1 += np.bincount(X.indices, weights=d, minlength=G)
         s2 += np.bincount(X.indices, weights=d * d, minlength=G)
@@ -185,7 +185,7 @@ class BackedCellDataset(IterableDataset):
         ``B`` cells per batch.
     rows
         ``(start, stop)``: the range of cells this dataset covers.
-    kind, target_sum
+    value_kind, target_sum
         How stored values become log1p values (``"counts"``: CP10k + log1p).
     cond
         ``{name: (N,) or (N, S) array}`` condition codes of ALL cells of the file (small: held in
@@ -204,14 +204,14 @@ class BackedCellDataset(IterableDataset):
     """
 
     def __init__(self, reader: BackedCSR, scaler: GeneScaler, batch_size: int = 64, *, rows=None,
-                 kind: str = "counts", target_sum: float = 1e4, cond: dict | None = None, pert=None,
+                 value_kind: str = "counts", target_sum: float = 1e4, cond: dict | None = None, pert=None,
                  block_size: int = 1024, blocks_per_fetch: int = 8, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if value_kind not in KINDS:
+            raise ValueError(f"value_kind must be one of {KINDS}, got {value_kind!r}")
         if scaler.n_genes != reader.n_vars:
             raise ValueError(f"the scaler has {scaler.n_genes} genes but {reader.path} has {reader.n_vars}")
-        self.reader, self.scaler, self.kind, self.target_sum = reader, scaler, kind, float(target_sum)
+        self.reader, self.scaler, self.value_kind, self.target_sum = reader, scaler, value_kind, float(target_sum)
         self.batch_size, self.block_size = int(batch_size), int(block_size)
         self.blocks_per_fetch = int(blocks_per_fetch)
         self.rows = (0, reader.n_obs) if rows is None else (int(rows[0]), min(int(rows[1]), reader.n_obs))
@@ -257,7 +257,7 @@ class BackedCellDataset(IterableDataset):
         return total
 
     def _scaled(self, X: sp.csr_matrix) -> torch.Tensor:
-        dense = _to_log(X, self.kind, self.target_sum).toarray()  # (B, G)
+        dense = _to_log(X, self.value_kind, self.target_sum).toarray()  # (B, G)
         return torch.from_numpy(np.ascontiguousarray(self.scaler.transform(dense), dtype=np.float32))
 
     def __iter__(self):
@@ -293,7 +293,7 @@ class BackedDataModule(L.LightningDataModule):
 
     Parameters
     ----------
-    path, layer, kind
+    path, layer, value_kind
         The file, its layer (``None``: ``X``), and whether it holds ``"counts"`` or ``"log"`` values.
     scaler
         Fitted :class:`~grndiff.data.GeneScaler`; ``None`` computes it with
@@ -312,7 +312,7 @@ class BackedDataModule(L.LightningDataModule):
     """
 
     def __init__(self, path: str | os.PathLike, scaler: GeneScaler | None = None, *, layer: str | None = None,
-                 kind: str = "counts", batch_size: int = 64, val_fraction: float = 0.0, cond: dict | None = None,
+                 value_kind: str = "counts", batch_size: int = 64, val_fraction: float = 0.0, cond: dict | None = None,
                  pert=None, block_size: int = 1024, blocks_per_fetch: int = 8, seed: int = 0, num_workers: int = 0,
                  target_sum: float = 1e4):
         super().__init__()
@@ -324,9 +324,9 @@ class BackedDataModule(L.LightningDataModule):
         n_val = min(max(n_val, block_size if val_fraction > 0 else 0), N - 1)
         self.train_rows, self.val_rows = (0, N - n_val), (N - n_val, N)
         if scaler is None:
-            scaler = streaming_scaler(path, layer, kind=kind, rows=self.train_rows, target_sum=target_sum)
+            scaler = streaming_scaler(path, layer, value_kind=value_kind, rows=self.train_rows, target_sum=target_sum)
         self.scaler, self.num_workers = scaler, int(num_workers)
-        common = dict(kind=kind, target_sum=target_sum, cond=cond, pert=pert, block_size=block_size,
+        common = dict(value_kind=value_kind, target_sum=target_sum, cond=cond, pert=pert, block_size=block_size,
                       blocks_per_fetch=blocks_per_fetch, seed=seed)
         self.train_set = BackedCellDataset(self.reader, scaler, batch_size, rows=self.train_rows, shuffle=True,
                                            drop_last=True, **common)
@@ -368,13 +368,13 @@ def detect_kind_streamed(path, *, layer: str | None = None, field: str = "adata.
 
 def fit_scaler(processor, adata):
     """The processor's per-gene scaler, streamed from the backed file."""
-    return streaming_scaler(adata.filename, processor.layer, kind=processor.kind, target_sum=processor.target_sum,
-                            min_std=processor.min_std)
+    return streaming_scaler(adata.filename, processor.layer, value_kind=processor.value_kind,
+                            target_sum=processor.target_sum, min_std=processor.min_std)
 
 
 def median_library_size(adata, setup: dict) -> float:
     """Median counts per cell of the registered layer (1e4 for log1p data), streamed when backed."""
-    if setup.get("kind", "counts") != "counts":
+    if setup.get("value_kind", "counts") != "counts":
         return 1e4
     layer = setup.get("layer")
     if streams(adata, layer):

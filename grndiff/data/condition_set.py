@@ -66,7 +66,7 @@ class ConditionSet:
                 raise ValueError("a perturbation_key needs the gene names to match perturbations against")
             pert = PerturbationEncoder(genes, ctrl, sep, bool(setup.get("allow_missing_genes", False)),
                                        name=setup["perturbation_key"],
-                                       default_kind=setup.get("perturbation_kind", "ko"))
+                                       default_kind=setup.get("perturbation_type", "ko"))
         return cls(encs, pert)
 
     # ---------------------------------------------------------------- names

@@ -118,21 +118,21 @@ def decide_kind(vmax: float, n_frac: int, n: int, *, field: str = "adata.X", dec
         raise ValueError(f"{field} holds only zeros; pass the layer with expression values")
     if declared == "counts":
         if n_frac:
-            raise ValueError(f"{field} is declared as raw counts (kind='counts' or a layer named 'counts') but "
+            raise ValueError(f"{field} is declared as raw counts (value_kind='counts' or a layer named 'counts') but "
                              f"{n_frac:,} of {n:,} stored values are not integers. If it holds log1p-normalised "
-                             "values, pass kind='log'; if these are corrected counts (e.g. SoupX), round them: "
+                             "values, pass value_kind='log'; if these are corrected counts (e.g. SoupX), round them: "
                              f"{field}.data = np.round({field}.data)")
         return "counts"
     if declared == "log":
         if vmax > LOG_MAX:
-            raise ValueError(f"{field} is declared log1p-normalised (kind='log') but its maximum is {vmax:g} "
+            raise ValueError(f"{field} is declared log1p-normalised (value_kind='log') but its maximum is {vmax:g} "
                              f"(> {LOG_MAX:g}); log-transform it first (sc.pp.normalize_total; sc.pp.log1p) or "
-                             "pass kind='counts' for raw counts")
+                             "pass value_kind='counts' for raw counts")
         if n_frac == 0:
             log.warning("grndiff: %s is declared log1p but holds only integers; are these raw counts?", field)
         return "log"
     if declared is not None:
-        raise ValueError(f"kind must be one of {KINDS} or None, got {declared!r}")
+        raise ValueError(f"value_kind must be one of {KINDS} or None, got {declared!r}")
     if n_frac == 0:
         return "counts"
     if vmax <= LOG_MAX:
@@ -171,7 +171,7 @@ def log1p_cp10k(X, target_sum: float = 1e4):
     return np.log1p(X * scale).astype(np.float32)
 
 
-def log1p_normalized_copy(adata, layer: str | None = None, *, kind: str | None = None, target_sum: float = 1e4):
+def log1p_normalized_copy(adata, layer: str | None = None, *, value_kind: str | None = None, target_sum: float = 1e4):
     """A new AnnData whose ``X`` is log1p(CP10k) of ``layer`` (or the layer itself if already log1p).
 
     Used to put real and generated cells in the same space for evaluation; ``obs`` and ``var``
@@ -185,7 +185,7 @@ def log1p_normalized_copy(adata, layer: str | None = None, *, kind: str | None =
 
     X = adata.layers[layer] if layer is not None else adata.X
     field = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
-    found = detect_kind(X, field=field, declared=kind)
+    found = detect_kind(X, field=field, declared=value_kind)
     if found == "counts":
         X = log1p_cp10k(X, target_sum)
     else:

@@ -70,7 +70,8 @@ def datamodule(processor, adata, *, with_controls: bool, match_keys=None, batch_
     block = int(min(1024, max(16, adata.n_obs // 100)))  # small files still get a validation share
     # batches are cut from one fetch of blocks: a fetch must hold a batch, a batch fit in the file
     batch_size = int(max(1, min(batch_size, int(adata.n_obs * (1 - val_fraction)) - block)))
-    return BackedDataModule(adata.filename, processor.scaler, layer=None, kind=processor.kind, batch_size=batch_size,
+    return BackedDataModule(adata.filename, processor.scaler, layer=None, value_kind=processor.value_kind,
+                            batch_size=batch_size,
                             val_fraction=val_fraction, cond=processor.conditions.encode(adata.obs),
                             pert=processor.conditions.encode_perturbation(adata.obs), block_size=block,
                             blocks_per_fetch=max(8, -(-batch_size // block)), seed=split_seed,

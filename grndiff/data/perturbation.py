@@ -3,7 +3,7 @@
 A label names the perturbed genes of a cell, joined by ``combo_sep`` (``"KLF1+CEBPA"``); the
 control label (alone or as a component) means none. A gene may carry its kind after a colon,
 ``"KLF1:up"`` or ``"KLF1:crispra"``; without one it has the data set's default kind
-(``setup_anndata(perturbation_kind=...)``). A cell's code for gene ``g`` (in model order) under
+(``setup_anndata(perturbation_type=...)``). A cell's code for gene ``g`` (in model order) under
 kind ``k`` (index into :attr:`PerturbationEncoder.kinds`, 0 = the default kind) is ``g + G · k``;
 rows are sorted and ``-1`` padded. A model trained on one kind sees plain gene indices (k = 0),
 exactly as before kinds existed.

@@ -1,7 +1,7 @@
 """``ExpressionProcessor``: fitted once on the training AnnData, it turns any AnnData with the same
 genes into :class:`CellData` (log1p CSR + condition codes) and holds the per-gene scaler.
 
-The processor, not the AnnData, remembers the layer, its kind and the genes: a model applied to
+The processor, not the AnnData, remembers the layer, its value kind (counts or log) and the genes: a model applied to
 new cells (``model.predict(ctrl)``) needs no ``setup_anndata`` on them, only the same layer.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from .backed import fit_scaler, streams
 from .condition_set import ConditionSet
 from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k
-from .setup import get_setup
+from .setup import get_setup, upgrade_setup
 
 log = logging.getLogger("grndiff")
 
@@ -65,7 +65,7 @@ class ExpressionProcessor:
         self.min_std, self.target_sum = float(min_std), float(target_sum)
         self.genes: list[str] | None = None
         self.layer: str | None = None
-        self.kind: str | None = None
+        self.value_kind: str | None = None
         self.scaler: GeneScaler | None = None
         self.conditions: ConditionSet | None = None
         self.setup: dict | None = None
@@ -79,14 +79,15 @@ class ExpressionProcessor:
         no expression column.
         """
         setup = get_setup(adata)
-        self.setup, self.layer, self.kind = setup, setup["layer"], setup["kind"]
+        self.setup, self.layer, self.value_kind = setup, setup["layer"], setup["value_kind"]
         self.genes = [str(g) for g in adata.var_names]
         field = self._field()
-        if self.kind is None:  # a record without the detected kind: detect it now
+        if self.value_kind is None:  # a record without the detected kind: detect it now
             X = adata.X if self.layer is None else adata.layers[self.layer]
-            self.kind = detect_kind(X, field=field)
+            self.value_kind = detect_kind(X, field=field)
         log.info("grndiff: expression from %s: %s", field,
-                 "raw counts → CP10k + log1p" if self.kind == "counts" else "already log1p-normalised, used as is")
+                 "raw counts → CP10k + log1p" if self.value_kind == "counts"
+                 else "already log1p-normalised, used as is")
         if streams(adata, self.layer):  # a backed AnnData: X stays on disk, the statistics are streamed
             self.scaler = fit_scaler(self, adata)
         else:
@@ -159,11 +160,11 @@ class ExpressionProcessor:
         if X is None:
             raise ValueError("adata.X is empty (None); the model reads adata.X")
         vmax, n_frac = check_values(X, field=self._field())
-        if self.kind == "log" and vmax > LOG_MAX:
+        if self.value_kind == "log" and vmax > LOG_MAX:
             raise ValueError(f"the model was fitted on log1p values in {self._field()}, but this AnnData's "
                              f"{self._field()} reaches {vmax:g} (> {LOG_MAX:g}): raw counts? Log-normalise them "
                              "the same way (sc.pp.normalize_total(target_sum=1e4); sc.pp.log1p)")
-        if self.kind == "counts":
+        if self.value_kind == "counts":
             if n_frac:
                 raise ValueError(f"the model was fitted on raw counts in {self._field()}, but this AnnData's "
                                  f"{self._field()} has {n_frac:,} non-integer values; pass raw counts")
@@ -237,14 +238,15 @@ class ExpressionProcessor:
         """Plain types and tensors only: loadable with ``torch.load(weights_only=True)``."""
         self._check_fitted()
         return {"min_std": self.min_std, "target_sum": self.target_sum, "genes": list(self.genes),
-                "layer": self.layer, "kind": self.kind, "setup": dict(self.setup),
+                "layer": self.layer, "value_kind": self.value_kind, "setup": dict(self.setup),
                 "scaler": self.scaler.to_state(), "conditions": self.conditions.to_state()}
 
     @classmethod
     def from_state(cls, state: dict) -> ExpressionProcessor:
         self = cls(state.get("min_std", MIN_STD), state.get("target_sum", 1e4))
-        self.genes, self.layer, self.kind = list(state["genes"]), state["layer"], state["kind"]
-        self.setup = dict(state.get("setup") or {})
+        self.genes, self.layer = list(state["genes"]), state["layer"]
+        self.value_kind = state.get("value_kind", state.get("kind"))  # "kind": saved before the rename
+        self.setup = upgrade_setup(state.get("setup") or {})  # a model saved before the renames too
         self.scaler = GeneScaler.from_state(state["scaler"])
         self.conditions = ConditionSet.from_state(state["conditions"])
         return self
@@ -252,5 +254,5 @@ class ExpressionProcessor:
     def __repr__(self) -> str:
         if self.genes is None:
             return "ExpressionProcessor(unfitted)"
-        return (f"ExpressionProcessor(genes={len(self.genes)}, {self._field()}: {self.kind}, "
+        return (f"ExpressionProcessor(genes={len(self.genes)}, {self._field()}: {self.value_kind}, "
                 f"conditions={self.conditions!r})")

@@ -8,6 +8,7 @@ is. Everything derived (normalised matrix, condition codes) is computed later, o
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,10 +29,11 @@ SETUP_VERSION = 1
 def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[str] | None = None,
                   continuous_keys: Sequence[str] | None = None, set_keys: Sequence[str] | None = None,
                   hierarchy: Sequence[str] | None = None, perturbation_key: str | None = None,
-                  control: str = "control", perturbation_kind: str = "ko", combo_sep: str = "+",
-                  symbol_key: str | None = None, kind: str | None = None,
+                  control: str = "control", perturbation_type: str = "ko", combo_sep: str = "+",
+                  symbol_key: str | None = None, value_kind: str | None = None,
                   control_obs: dict[str, Any] | None = None, allow_missing_genes: bool = False,
-                  condition_kinds: dict[str, str] | None = None) -> None:
+                  condition_kinds: dict[str, str] | None = None, kind: str | None = None,
+                  perturbation_kind: str | None = None) -> None:
     """Validate and register the fields of ``adata`` that grndiff will use.
 
     Parameters
@@ -40,7 +42,8 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
         Cells × genes (N, G). Only ``adata.uns["_grndiff"]`` is written.
     layer
         Expression layer (``adata.layers[layer]``); ``None`` uses ``adata.X``. Raw counts or
-        log1p-normalised values (detected, see :func:`~grndiff.data.detect_kind`).
+        log1p-normalised values (detected, see :func:`~grndiff.data.detect_kind`; or declared with
+        ``value_kind``).
     condition_keys
         Categorical ``obs`` columns (cell type, stimulation, donor...).
     continuous_keys
@@ -57,25 +60,27 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
         (see :class:`~grndiff.GRNDiff`). A gene in neither is an error when the model is built.
     control
         Label meaning "no perturbation" in ``perturbation_key`` and ``set_keys``.
-    perturbation_kind
+    perturbation_type
         ``"ko"``, ``"kd"``, ``"crispri"``, ``"crispra"`` or ``"oe"`` (aliases such as
-        ``"activation"``/``"up"``: :mod:`grndiff.data.perturbation`): the kind of a gene written
-        without one in ``perturbation_key``. A label may give each gene its own kind
+        ``"activation"``/``"up"``: :mod:`grndiff.data.perturbation`): the type of a gene written
+        without one in ``perturbation_key``. A label may give each gene its own type
         (``"KLF1:up+CEBPA"``), and ``sample``/``predict`` take ``{"perturbation": "KLF1", "kind":
-        "activation"}``; the model learns one flag per kind seen in training.
+        "activation"}``; the model learns one flag per type seen in training.
     combo_sep
         Separator of combined perturbations.
     symbol_key
         ``var`` column with gene symbols, when ``var_names`` are Ensembl ids.
-    kind
-        ``"counts"`` or ``"log"`` to declare the layer; ``None`` detects it (a layer named
-        ``"counts"`` is declared counts by its name).
+    value_kind
+        ``"counts"`` or ``"log"`` to declare what the layer holds; ``None`` detects it (a layer
+        named ``"counts"`` is declared counts by its name).
     control_obs
         ``{obs key: value or [values]}`` selecting control cells for ``source="control"`` when
         there is no ``perturbation_key``, e.g. ``{"condition": "ctrl"}``.
     allow_missing_genes
         Drop (with a warning) perturbed genes that are neither among the measured genes nor in the
         model's prior, instead of raising.
+    kind, perturbation_kind
+        Former names of ``value_kind`` and ``perturbation_type`` (a ``FutureWarning``).
     condition_kinds
         ``{obs key: kind}`` for condition kinds registered with
         :func:`~grndiff.data.register_condition_kind` (and their embedders with
@@ -88,19 +93,20 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     ValueError
         Empty AnnData, duplicated names, NaN in a condition column, bad expression values.
     """
+    value_kind, perturbation_type = _renamed(value_kind, perturbation_type, kind, perturbation_kind)
     _check_shape_and_names(adata)
     lists = {"condition_keys": _as_list(condition_keys, "condition_keys"),
              "continuous_keys": _as_list(continuous_keys, "continuous_keys"),
              "set_keys": _as_list(set_keys, "set_keys"), "hierarchy": _as_list(hierarchy, "hierarchy")}
-    if canonical_kind(perturbation_kind) is None:
+    if canonical_kind(perturbation_type) is None:
         aliases = sorted(set(KIND_ALIASES) - set(PERTURBATION_KINDS))
-        raise ValueError(f"perturbation_kind must be one of {PERTURBATION_KINDS} (or {aliases}), got "
-                         f"{perturbation_kind!r}")
-    perturbation_kind = canonical_kind(perturbation_kind)
+        raise ValueError(f"perturbation_type must be one of {PERTURBATION_KINDS} (or {aliases}), got "
+                         f"{perturbation_type!r}")
+    perturbation_type = canonical_kind(perturbation_type)
     if not isinstance(combo_sep, str) or not combo_sep:
         raise ValueError(f"combo_sep must be a non-empty string such as '+', got {combo_sep!r}")
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} or None (detect), got {kind!r}")
+    if value_kind is not None and value_kind not in KINDS:
+        raise ValueError(f"value_kind must be one of {KINDS} or None (detect), got {value_kind!r}")
 
     condition_kinds = {str(k): str(v) for k, v in (condition_kinds or {}).items()}
     unknown_kinds = sorted({v for v in condition_kinds.values() if v not in ENCODERS})
@@ -136,7 +142,7 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     control_obs = _check_control_obs(adata, control_obs)
 
     X, field = _get_matrix(adata, layer)
-    declared = kind if kind is not None else ("counts" if layer == "counts" else None)
+    declared = value_kind if value_kind is not None else ("counts" if layer == "counts" else None)
     if getattr(adata, "isbacked", False) and layer is None:  # X stays on disk: checked block by block
         found = detect_kind_streamed(adata.filename, field=field, declared=declared)
     else:
@@ -145,9 +151,9 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     log.info("grndiff: %s holds %s", field, "raw counts (→ CP10k + log1p)" if found == "counts" else "log1p values")
 
     record = {
-        "version": SETUP_VERSION, "layer": layer, "kind": found, "condition_keys": lists["condition_keys"],
+        "version": SETUP_VERSION, "layer": layer, "value_kind": found, "condition_keys": lists["condition_keys"],
         "continuous_keys": lists["continuous_keys"], "set_keys": lists["set_keys"], "hierarchy": lists["hierarchy"],
-        "perturbation_key": perturbation_key, "control": str(control), "perturbation_kind": perturbation_kind,
+        "perturbation_key": perturbation_key, "control": str(control), "perturbation_type": perturbation_type,
         "combo_sep": combo_sep, "symbol_key": symbol_key, "control_obs": control_obs,
         "allow_missing_genes": bool(allow_missing_genes), "n_obs": int(adata.n_obs), "n_vars": int(adata.n_vars),
         "condition_kinds": condition_kinds or None,
@@ -156,9 +162,39 @@ def setup_anndata(adata, *, layer: str | None = None, condition_keys: Sequence[s
     adata.uns[UNS_KEY] = {k: v for k, v in record.items() if v is not None}
 
 
-_DEFAULTS = {"layer": None, "kind": None, "condition_keys": [], "continuous_keys": [], "set_keys": [], "hierarchy": [],
-             "perturbation_key": None, "control": "control", "perturbation_kind": "ko", "combo_sep": "+",
+_DEFAULTS = {"layer": None, "value_kind": None, "condition_keys": [], "continuous_keys": [], "set_keys": [],
+             "hierarchy": [], "perturbation_key": None, "control": "control", "perturbation_type": "ko",
+             "combo_sep": "+",
              "symbol_key": None, "control_obs": None, "allow_missing_genes": False, "condition_kinds": {}}
+
+
+_OLD_KEYS = {"kind": "value_kind", "perturbation_kind": "perturbation_type"}
+
+
+def upgrade_setup(rec: dict) -> dict:
+    """A setup record (a copy) with the keys written before the renames under their new names."""
+    rec = dict(rec)
+    for old, new in _OLD_KEYS.items():
+        if old in rec:
+            rec.setdefault(new, rec.pop(old))
+    return rec
+
+
+def _renamed(value_kind, perturbation_type, kind, perturbation_kind):
+    """``value_kind``/``perturbation_type``, taking the former names (``kind``/``perturbation_kind``)
+    with a FutureWarning; both names at once is an error."""
+    out = []
+    for new_name, new, default, old_name, old in (("value_kind", value_kind, None, "kind", kind),
+                                                  ("perturbation_type", perturbation_type, "ko", "perturbation_kind",
+                                                   perturbation_kind)):
+        if old is not None:
+            if new != default:
+                raise TypeError(f"pass {new_name}= only ({old_name}= is its former name)")
+            warnings.warn(f"setup_anndata({old_name}=...) is now {new_name}=...; the old name will be removed",
+                          FutureWarning, stacklevel=3)
+            new = old
+        out.append(new)
+    return tuple(out)
 
 
 def get_setup(adata) -> dict:
@@ -174,8 +210,7 @@ def get_setup(adata) -> dict:
         raise ValueError("this AnnData was not registered: adata.uns['_grndiff'] is missing. Run "
                          "grndiff.GRNDiff.setup_anndata(adata, layer=..., condition_keys=[...]) first "
                          "(setup is lost when the AnnData is rebuilt instead of copied/sliced).")
-    rec = _plain(dict(rec))
-    out = {**_DEFAULTS, **rec}
+    out = {**_DEFAULTS, **upgrade_setup(_plain(dict(rec)))}
     for k in ("condition_keys", "continuous_keys", "set_keys", "hierarchy"):
         out[k] = [str(v) for v in (out[k] or [])]
     out["condition_kinds"] = {str(k): str(v) for k, v in (out["condition_kinds"] or {}).items()}
