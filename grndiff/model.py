@@ -6,6 +6,7 @@ written once), and this class bound to an AnnData.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -124,12 +125,23 @@ class GRNDiff(TokenReadout):
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
             torch.manual_seed(int(seed))
             self.module = self._build_module(src)
-        self._ensure_source(adata)  # an untrained model samples its source; train() refits on its training split
-        self.history: pd.DataFrame = pd.DataFrame()
-        self.is_trained = False
-        self.gate_: dict | None = None  # set by train(): the validation gate's choice (grndiff.gate)
-        self.validation_: pd.DataFrame = pd.DataFrame()
-        self._library_size = ondisk.median_library_size(adata, self.setup)
+        # the source is fitted once, where it is used: train() on its training split, or sample()/
+        # predict() of an untrained model on this AnnData (_ensure_source)
+        self._set_results(library_size=ondisk.median_library_size(adata, self.setup))
+
+    # What training adds to a model, as saved (the keys of the model file): one list for __init__,
+    # save and from_state.
+    def _set_results(self, history=None, is_trained: bool = False, gate: dict | None = None, validation=None,
+                     library_size: float | None = None) -> None:
+        self.history: pd.DataFrame = pd.DataFrame(history or {})
+        self.is_trained = bool(is_trained)
+        self.gate_: dict | None = gate  # set by train(): the validation gate's choice (grndiff.gate)
+        self.validation_: pd.DataFrame = pd.DataFrame(validation or {})
+        self._library_size = 1e4 if library_size is None else float(library_size)
+
+    def _results(self) -> dict:
+        return {"history": self.history.to_dict(orient="list"), "is_trained": self.is_trained, "gate": self.gate_,
+                "validation": self.validation_.to_dict(orient="list"), "library_size": self._library_size}
 
     def _build_module(self, source=None) -> FlowModule:
         return build_module(self.config, self.graph, self.processor, source)
@@ -397,10 +409,7 @@ class GRNDiff(TokenReadout):
         """
         write_model_dir({"grndiff_version": __version__, "config": self.config, "setup": self.setup,
                          "processor": self.processor.to_state(), "graph": self.graph.to_state(),
-                         "state_dict": self.module.state_dict(), "history": self.history.to_dict(orient="list"),
-                         "is_trained": self.is_trained, "library_size": float(self._library_size),
-                         "gate": getattr(self, "gate_", None),
-                         "validation": getattr(self, "validation_", pd.DataFrame()).to_dict(orient="list"),
+                         "state_dict": self.module.state_dict(), **self._results(),
                          "var": var_to_state(self._training_var(), self.processor.genes)},
                         dir_path, overwrite=overwrite)
 
@@ -430,11 +439,7 @@ class GRNDiff(TokenReadout):
         self.graph = GeneGraph.from_state(payload["graph"])
         self.module = self._build_module()
         self.module.load_state_dict(payload["state_dict"])
-        self.history = pd.DataFrame(payload.get("history") or {})
-        self.is_trained = bool(payload.get("is_trained"))
-        self._library_size = payload.get("library_size", 1e4)
-        self.gate_ = payload.get("gate")
-        self.validation_ = pd.DataFrame(payload.get("validation") or {})
+        self._set_results(**{k: payload.get(k) for k in inspect.signature(self._set_results).parameters})
         self._adata = None
         self._var = var_from_state(payload.get("var"))
         return self
