@@ -70,20 +70,15 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
-if str(BENCH_DIR.parent) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(1, str(BENCH_DIR.parent))
+import numpy as np
+import pandas as pd
+from _results import RESULTS_DIR, command_string, record, seed_spread_markdown, write_results
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from _results import RESULTS_DIR, command_string, record, seed_spread_markdown, write_results  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent
 
 NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here

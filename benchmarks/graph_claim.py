@@ -36,19 +36,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+import _protocol as proto  # (benchmarks/_protocol.py: the shared evaluation protocol)
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _protocol as proto  # noqa: E402  (benchmarks/_protocol.py: the shared evaluation protocol)
-from _results import command_string, record, write_results  # noqa: E402
+from _results import command_string, record, write_results
 
 SIM = {"sim_ds2": "ds2", "sim_ds3": "ds3", "sim_ds1_double": "ds1"}
 DEFAULT_PARTS = ("sim_ds2", "sim_ds1_double", "papalexi2021", "sim_ds3")

@@ -38,10 +38,10 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from _results import command_string, record, write_results  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import pandas as pd
+from _results import command_string, record, write_results
+from scipy import stats
 
 IFN = {"rank_ifn_alpha": "HALLMARK_INTERFERON_ALPHA_RESPONSE",
        "rank_ifn_gamma": "HALLMARK_INTERFERON_GAMMA_RESPONSE"}

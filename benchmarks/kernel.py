@@ -34,14 +34,10 @@ import threading
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
-if str(BENCH_DIR.parent) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(1, str(BENCH_DIR.parent))
+from _harness import chosen, output_dir
+from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results
 
-from _harness import chosen, output_dir  # noqa: E402
-from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent
 
 NAME = "kernel"
 METHODS = ("graph_attention_shared", "graph_attention_dynamic", "pyg_batch", "dense_attention")

@@ -37,20 +37,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 
+import _protocol as proto  # (benchmarks/_protocol.py: the shared evaluation protocol)
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _protocol as proto  # noqa: E402  (benchmarks/_protocol.py: the shared evaluation protocol)
-from _harness import run_jobs  # noqa: E402
-from _results import command_string, finish, record, write_results  # noqa: E402
-from perturbation import _control_subset, _gate_records, _predictions, _summary, papalexi_folds  # noqa: E402
+from _harness import run_jobs
+from _results import command_string, finish, record, write_results
+from perturbation import _control_subset, _gate_records, _predictions, _summary, papalexi_folds
 
 STRONG = ("IFNGR1", "IFNGR2", "JAK2", "STAT1", "IRF1")
 UNION = ["collectri", "omnipath_signaling"]

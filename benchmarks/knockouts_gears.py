@@ -28,15 +28,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GEARS_PYTHON = HERE / "peers" / ".venvs" / "gears" / "bin" / "python"

@@ -29,17 +29,13 @@ Functions
 """
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sergio import N_GENES, gene_name, read_network  # noqa: E402  (network files and their parser)
+from sergio import N_GENES, gene_name, read_network  # (network files and their parser)
 
 __all__ = ["Network", "parse_perturbation", "simulate"]
 

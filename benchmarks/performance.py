@@ -46,9 +46,6 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-for p_ in (str(BENCH_DIR), str(ROOT)):
-    if p_ not in sys.path:
-        sys.path.insert(0, p_)
 
 from _harness import chosen, output_dir, peak_rss_mb  # noqa: E402
 from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results  # noqa: E402

@@ -35,18 +35,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
+import _protocol as proto  # (benchmarks/_protocol.py: the shared evaluation protocol)
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _protocol as proto  # noqa: E402  (benchmarks/_protocol.py: the shared evaluation protocol)
-from _harness import run_jobs  # noqa: E402
-from _results import command_string, finish, record, write_results  # noqa: E402
+from _harness import run_jobs
+from _results import command_string, finish, record, write_results
 
 DEFAULT_PARTS = ("kang", "papalexi")
 STRONG = ("IFNGR2", "JAK2", "STAT1")  # the strong knock-outs (gd.datasets.PAPALEXI_STRONG) that are measured
@@ -361,12 +357,11 @@ def main(argv=None):
     run_jobs(run_job, jobs, args.jobs, args.max_minutes, records, skipped, save)
     # peers last: their prediction files (benchmarks/peers/run_*.py) are read when the grndiff rows are done
     if args.peers:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
-        from score import peer_records  # benchmarks/peers/score.py: grndiff's scorer on the peers' files
+        from peer_scores import peer_records  # grndiff's scorer on the peers' files
         records += [r for r in peer_records(args.peers) if r["group"] not in ("all", "strong")
                     and r["dataset"] in groups]
         if args.celleval:  # the independent judge on every method's Kang prediction files
-            from celleval import celleval_records
+            from peers.celleval import celleval_records  # benchmarks/peers/ (a namespace package here)
             records += [r for r in celleval_records(args.peers) if r["group"] != "all"]
     return finish(save, t_start, _summary)
 

@@ -23,16 +23,10 @@ regulator with ≥ 3 targets, the mean log1p-CP10k change of its knock-out cells
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import sergio as S  # noqa: E402
-from _results import command_string, record, write_results  # noqa: E402
+import sergio as S
+from _results import command_string, record, write_results
 
 
 def signal(net: str, noise: str | None, n_cells: int = 100, seed: int = 0) -> dict:

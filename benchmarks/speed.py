@@ -55,8 +55,6 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
 
 from _harness import peak_rss_mb  # noqa: E402
 from _results import RESULTS_DIR, command_string, record, records_to_markdown, write_results  # noqa: E402

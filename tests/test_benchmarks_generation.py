@@ -63,7 +63,6 @@ def test_budget_cuts_whole_rows_and_says_so(tmp_path):
 
 
 def test_spread_table_shows_mean_sd_and_seed_count():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from generation import summary_markdown
     recs = [{"dataset": "kang2018", "method": "grndiff", "seed": s, "group": "all", "metric": "energy_distance",
              "value": v} for s, v in enumerate((1.0, 2.0, 3.0))]

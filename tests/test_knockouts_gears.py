@@ -5,19 +5,11 @@ here, and the prior → GEARS-graph rule is checked on a toy prior.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
-
-import run_gears  # noqa: E402
-from knockouts_gears import cells_from_means, read_gears_means, write_gears_input, write_prior_tsv  # noqa: E402
+import run_gears  # benchmarks/ and benchmarks/peers/ are on pytest's pythonpath (pyproject.toml)
+from knockouts_gears import cells_from_means, read_gears_means, write_gears_input, write_prior_tsv
 
 GENES = ["A", "B", "C"]
 

@@ -1,14 +1,10 @@
 """The knock-out simulator of the graph-claim benchmark (benchmarks/ko_sim.py): knock-outs propagate."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 ko_sim = pytest.importorskip("ko_sim")
 
 # A → D → F, A → E ⊣ H (E represses H); B → I, B → J, C → K, I → K, K → L.

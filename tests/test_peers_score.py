@@ -1,4 +1,4 @@
-"""benchmarks/peers/score.py: peer prediction files are scored by grndiff's own scorer.
+"""benchmarks/peer_scores.py: peer prediction files are scored by grndiff's own scorer.
 
 No peer environment is needed: two fake predictions for one Kang cell type are written the way
 the peer scripts write them (benchmarks/peers/_common.py) — one equal to the true stimulated
@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
+import _common  # benchmarks/peers/ (pytest's pythonpath, pyproject.toml)
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-PEERS = ROOT / "benchmarks" / "peers"
-sys.path.insert(0, str(PEERS))
-
-import _common  # noqa: E402
-from score import find_predictions, peer_records  # noqa: E402
+from peer_scores import find_predictions, peer_records
 
 T = "B cells"
 FIELDS = {"dataset", "method", "seed", "group", "metric", "value"}

@@ -2,9 +2,6 @@
 clear errors, and the baselines the perturbation benchmark compares against."""
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -115,7 +112,6 @@ def test_baselines_api(ko_adata):
 
 def test_sergio_network_files():
     """The shipped SERGIO networks parse into signed priors (sergio-rs itself is not needed)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     import sergio  # noqa: PLC0415
 
     edges = sergio.read_network("ds1")

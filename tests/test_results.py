@@ -1,12 +1,7 @@
 """benchmarks/_results.py: tables open with the seed spread; stale banners and re-rendering."""
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _results import mark_stale, record, records_to_markdown, render, write_results  # noqa: E402
+from _results import mark_stale, record, records_to_markdown, render, write_results
 
 
 def _recs():

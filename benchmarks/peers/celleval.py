@@ -30,17 +30,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
-import _common as C  # noqa: E402
+try:  # imported from benchmarks/ as peers.celleval (perturbation.py --celleval)
+    from . import _common as C
+except ImportError:  # run as a script from benchmarks/peers/
+    import _common as C
 
 METHODS = ("scgen", "cpa", "cellflow", "grndiff", "grndiff_shift", "mean_shift")
 PERT_COL, CTRL_PERT, CELLTYPE_COL = "condition", C.CTRL, "cell_type"

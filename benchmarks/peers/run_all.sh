@@ -6,7 +6,7 @@
 #   SEEDS="0 1 2" bash benchmarks/peers/run_all.sh    # seed s > 0 writes into OUT_DIR/seed<s>
 #
 # Peers run seed after seed (all peers for one seed, then the next), so a run cut short still has
-# whole seeds. score.py (and perturbation.py --peers) read OUT_DIR and its seed<s> folders.
+# whole seeds. peer_scores.py (and perturbation.py --peers) read OUT_DIR and its seed<s> folders.
 #
 # Per-peer extra arguments (the caps used for the committed results are the defaults here):
 #   SCGEN_ARGS (none), CPA_ARGS (--max-minutes 8), CELLFLOW_ARGS (see run_cellflow.py defaults)
@@ -34,4 +34,4 @@ for seed in ${SEEDS:-0}; do
         "$VENVS/$peer/bin/python" "$HERE/run_$peer.py" --out "$out" --seed "$seed" $args
     done
 done
-echo "== done ($(date -u +%H:%M:%S)); score with: python benchmarks/peers/score.py $OUT"
+echo "== done ($(date -u +%H:%M:%S)); score with: python benchmarks/peer_scores.py $OUT"

@@ -3,7 +3,7 @@
 Runs in grndiff's environment (not a peer's). ``benchmarks/perturbation.py --peers DIR`` imports
 :func:`peer_records`; on its own::
 
-    python benchmarks/peers/score.py [DIR]        # default DIR: benchmarks/peers/_out
+    python benchmarks/peer_scores.py [DIR]        # default DIR: benchmarks/peers/_out
 
 For every ``DIR/pred_<method>_<T>.h5ad`` (``method`` in :data:`PEERS`, ``T`` a Kang cell type with
 non-alphanumerics → ``_``) the prediction is scored by ``_protocol.score_perturbation`` against the
@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
-
-BENCH = Path(__file__).resolve().parents[1]
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from _protocol import average_groups, dense, log_expression, reference_pca, score_perturbation  # noqa: E402
-from _results import record  # noqa: E402
+from _protocol import average_groups, dense, log_expression, reference_pca, score_perturbation
+from _results import record
 
 PEERS = ("scgen", "cpa", "cellflow")
 PAPALEXI_SUBDIR = "papalexi2021"
@@ -209,7 +203,7 @@ def summary_table(records, metrics=("pearson_delta_top20", "energy_distance")) -
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description="Score peer prediction files with grndiff's scorer")
-    ap.add_argument("pred_dir", nargs="?", default=str(Path(__file__).resolve().parent / "_out"))
+    ap.add_argument("pred_dir", nargs="?", default=str(Path(__file__).resolve().parent / "peers" / "_out"))
     ap.add_argument("--methods", default=",".join(PEERS))
     ap.add_argument("--json", default=None, help="also write the records to this JSON file")
     args = ap.parse_args(argv)
