@@ -214,6 +214,16 @@ def kang_todo(adata, args, method: str):
         yield T, held, is_ctrl
 
 
+def kang_main(doc: str, script: str, why: str, run, options=None, argv=None) -> None:
+    """A Kang-only peer's ``main``: the common flags (+ ``options(parser)``), :func:`kang_only`, ``run(args)``."""
+    ap = base_parser(doc.split("\n\n")[0])
+    if options is not None:
+        options(ap)
+    args = ap.parse_args(argv)
+    kang_only(args, script, why)
+    run(args)
+
+
 def kang_only(args, script: str, why: str) -> None:
     """Stop with a one-line reason unless ``--dataset kang2018``; then one torch thread, quiet."""
     if args.dataset != "kang2018":

@@ -142,15 +142,15 @@ def run_kang(args):
         print(f"{METHOD} kang2018 {T}: {t.seconds:.0f}s, {epochs} epochs", flush=True)
 
 
-def main(argv=None):
-    ap = C.base_parser(__doc__.split("\n\n")[0])
+def _options(ap) -> None:
     ap.add_argument("--max-epochs", type=int, default=2000, help="tutorial: 2000 (early stopping ends it sooner)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="cap on training time per cell type (none by default)")
-    args = ap.parse_args(argv)
-    C.kang_only(args, "run_cpa.py", "CPA predicts unseen knock-outs only through external gene embeddings, "
-                "which the protocol does not provide")
-    run_kang(args)
+
+
+def main(argv=None):
+    C.kang_main(__doc__, "run_cpa.py", "CPA predicts unseen knock-outs only through external gene embeddings, "
+                "which the protocol does not provide", run_kang, _options, argv)
 
 
 if __name__ == "__main__":

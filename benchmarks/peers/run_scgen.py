@@ -71,13 +71,13 @@ def run_kang(args):
         print(f"{METHOD} kang2018 {T}: {t.seconds:.0f}s, {epochs} epochs", flush=True)
 
 
-def main(argv=None):
-    ap = C.base_parser(__doc__.split("\n\n")[0])
+def _options(ap) -> None:
     ap.add_argument("--max-epochs", type=int, default=100, help="tutorial: 100")
-    args = ap.parse_args(argv)
-    C.kang_only(args, "run_scgen.py", "scGen transfers a condition across cell types; it has no notion of an "
-                "unseen knock-out")
-    run_kang(args)
+
+
+def main(argv=None):
+    C.kang_main(__doc__, "run_scgen.py", "scGen transfers a condition across cell types; it has no notion of an "
+                "unseen knock-out", run_kang, _options, argv)
 
 
 if __name__ == "__main__":
