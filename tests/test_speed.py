@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -98,12 +99,18 @@ def test_sampling_cache_gives_the_uncached_output_and_follows_weight_updates():
         torch.testing.assert_close(twin(x, t), twin.train()(x, t).detach())
 
 
-def test_cpu_runtime_uses_every_core_unless_the_user_chose(monkeypatch):
+def test_cpu_runtime_uses_every_free_core_unless_the_user_chose(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", before)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    for busy, want in ((0.0, 4), (1.2, 3), (2.6, 1), (9.0, 1)):  # other runnable processes → threads
+        monkeypatch.setattr(runtime, "busy_elsewhere", lambda busy=busy: busy)
+        assert runtime.default_threads() == want
+    monkeypatch.setattr(runtime, "busy_elsewhere", lambda: 0.0)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     with runtime.cpu_runtime():
-        assert torch.get_num_threads() == runtime.usable_cores()
+        assert torch.get_num_threads() == 2
         torch.ones(1000, 1000).sum()  # allocations work with the allocator settings
     assert torch.get_num_threads() == before
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -113,6 +120,25 @@ def test_cpu_runtime_uses_every_core_unless_the_user_chose(monkeypatch):
     monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", before + 1)  # as if the user had set `before`
     with runtime.cpu_runtime():
         assert torch.get_num_threads() == before
+
+
+def test_busy_elsewhere_counts_other_runnable_processes():
+    """Two spinning child processes are seen as (about) two busy cores; this process's own threads are not."""
+    import subprocess
+    import sys
+    import time
+
+    if runtime._running_elsewhere() is None:
+        pytest.skip("no /proc")
+    base = runtime.busy_elsewhere(samples=10)
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        loaded = runtime.busy_elsewhere(samples=10)
+    finally:
+        for p in spin:
+            p.kill()
+    assert loaded >= base + 1.0  # at least one of the two is runnable at every read, usually both
 
 
 def _load_speed():

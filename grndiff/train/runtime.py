@@ -2,10 +2,15 @@
 
 ``with cpu_runtime(): ...`` (what ``GRNDiff.train``/``sample``/``predict`` run under):
 
-- **Threads.** torch uses ``n`` intra-op threads; this raises them to the cores the process may run
-  on (``os.sched_getaffinity``) for the duration of the block, then restores them. It leaves them
-  alone when ``OMP_NUM_THREADS`` is set or when the user has called ``torch.set_num_threads``
-  (the count differs from the one torch started with): their choice wins.
+- **Threads.** torch uses ``n`` intra-op threads; this sets them to the cores the process may run
+  on (``os.sched_getaffinity``) that other processes are not busy on, for the duration of the
+  block, then restores them. Busy means runnable right now (threads of other processes in state ``R``
+  under ``/proc``, sampled three times over ~20 ms). On a shared machine more threads than free
+  cores make OpenMP's spinning barriers wait on descheduled threads: ``make demo``'s training ran
+  5× slower beside two busy single-thread jobs on 2 cores (measured side by side in
+  ``benchmarks/results/shared_cpu.md``). It leaves the threads alone when ``OMP_NUM_THREADS`` is
+  set or when the user has called ``torch.set_num_threads`` (the count differs from the one torch
+  started with): their choice wins.
 - **Memory.** At G = 7,000 genes and 64 cells every node-state tensor ``(G, B, D)`` is 57 MB. glibc
   serves allocations above ``M_MMAP_THRESHOLD`` (at most 32 MB) with a fresh ``mmap`` and unmaps them
   on free, so each of the ~100 such tensors of a training step came back as new pages from the
@@ -20,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import glob
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -38,11 +45,45 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _running_elsewhere() -> int | None:
+    """Threads of other processes that are runnable now (state ``R`` in ``/proc/*/task/*/stat``);
+    ``None`` without ``/proc``. This process's own threads (OpenMP workers still spinning after the
+    last parallel region) are left out."""
+    me, n, seen = os.getpid(), 0, False
+    for stat in glob.glob("/proc/[0-9]*/task/[0-9]*/stat"):
+        seen = True
+        if int(stat.split("/")[2]) == me:
+            continue
+        try:
+            with open(stat) as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # the thread ended meanwhile
+            continue
+        n += state == "R"
+    return n if seen else None
+
+
+def busy_elsewhere(samples: int = 3, interval: float = 0.01) -> float:
+    """Runnable threads of other processes, averaged over ``samples`` reads ``interval`` s apart
+    (0 where there is no ``/proc``)."""
+    counts = []
+    for i in range(samples):
+        n = _running_elsewhere()
+        if n is None:
+            return 0.0
+        counts.append(n)
+        if i + 1 < samples:
+            time.sleep(interval)
+    return sum(counts) / len(counts)
+
+
 def default_threads() -> int | None:
-    """The thread count a run should use, or ``None`` to leave torch's setting as it is."""
+    """The thread count a run should use (the usable cores no other process is busy on, at least 1),
+    or ``None`` to leave torch's setting as it is (the user's choice)."""
     if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() != _TORCH_DEFAULT_THREADS:
         return None
-    return max(usable_cores(), 1)
+    cores = max(usable_cores(), 1)
+    return max(cores - int(round(busy_elsewhere())), 1)
 
 
 def _libc():
