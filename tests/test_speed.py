@@ -173,3 +173,15 @@ def test_checkpointed_gene_blocks_give_the_same_loss_and_gradients():
         grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_shared_cpu_benchmark_quick(tmp_path):
+    """benchmarks/shared_cpu.py --quick: idle and loaded runs of two settings, written as a results file."""
+    import shared_cpu  # benchmarks/ is on pytest's pythonpath
+
+    assert shared_cpu.main(["--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "shared_cpu.json").read_text())
+    rows = {(r["method"], r["group"], r["metric"]): r["value"] for r in res["records"]}
+    assert rows[("threads1", "loaded", "threads")] == 1
+    assert rows[("auto", "idle", "train_s")] > 0 and rows[("auto", "loaded", "vs_idle_auto")] > 0
