@@ -55,6 +55,7 @@ VARIANTS = {  # name → (prior, source)
     "grndiff_lowrank": ("union", {"name": "shifted_control", "coupling": "lowrank"}),
     "grndiff_nograph": (None, "auto"),
     "grndiff_collectri": ("collectri", "auto"),
+    "grndiff_omnipath": ("omnipath_signaling", "auto"),
 }
 
 
@@ -103,11 +104,13 @@ def run_job(job: dict) -> list[dict]:
     X = proto.log_expression(adata)
     lab = adata.obs["perturbation"].astype(str).to_numpy()
     held = np.isin(lab, job["fold_kos"])
+    scored = [p for p in job["fold_kos"] if p not in job.get("skip_kos", ())]  # --skip-unnamed leaves some out
     prior_kind, source = VARIANTS[name]
     t0 = time.perf_counter()
     # the held-out knock-outs are declared perturbable (graph_kwargs): an unmeasured one becomes a latent node
-    model = gd.GRNDiff(adata[~held].copy(), prior=_prior(prior_kind, fold), modules="hallmark", source=source,
-                       seed=seed, graph_kwargs={"perturbed": list(job["fold_kos"])}, **job["net"])
+    train = ~held & ~np.isin(lab, job.get("skip_kos", []))  # cells of a knock-out the prior cannot name: unused
+    model = gd.GRNDiff(adata[train].copy(), prior=_prior(prior_kind, fold), modules="hallmark", source=source,
+                       seed=seed, graph_kwargs={"perturbed": scored}, **job["net"])
     model.train(max_steps=job["steps"], max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False)
     _gate_records(recs, "papalexi2021", name, seed, f"fold{fold}", model)
     recs.append(record("papalexi2021", name, "n_latent", model.graph.n_latent, seed=seed, group=f"fold{fold}"))
@@ -117,7 +120,7 @@ def run_job(job: dict) -> list[dict]:
                else adata[lab == "control"].copy())
     pca = proto.reference_pca(X[~held], seed=fold)
     vals: dict = {}
-    for p in job["fold_kos"]:
+    for p in scored:
         for row, pred in _predictions(model, ctrl_ad, {"perturbation": p}, name, job["n_steps"], True).items():
             m = proto.score_perturbation(recs, "papalexi2021", row, seed, p, proto.dense(pred.X), X[lab == p],
                                    X[lab == "control"], pca)
@@ -185,6 +188,8 @@ def main(argv=None):
                     help="control cells transported per knock-out (0: all, as the baselines use)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
     ap.add_argument("--max-minutes", type=float, default=None, help="grndiff jobs not started by then are skipped")
+    ap.add_argument("--skip-unnamed", action="store_true",
+                    help="score a variant on the knock-outs its prior names (instead of refusing it)")
     ap.add_argument("--name", default="knockouts")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
@@ -195,11 +200,12 @@ def main(argv=None):
     if bad:
         ap.error(f"unknown variants {bad}; choose from {list(VARIANTS)}")
     missing_by_prior = unnameable(VARIANTS[v][0] for v in variants)
-    for v in variants:  # a knock-out its prior does not name cannot be a node: say so before any training
-        missing = missing_by_prior[VARIANTS[v][0]]
-        if missing:
+    unscored = {v: missing_by_prior[VARIANTS[v][0]] for v in variants if missing_by_prior[VARIANTS[v][0]]}
+    for v, missing in unscored.items():  # a knock-out its prior does not name cannot be a node: say so first
+        if not args.skip_unnamed:
             ap.error(f"{v}: the knock-outs {missing} are neither measured nor in its prior, so this variant cannot "
-                     "predict them (a gene in no prior cannot be a node); use a variant whose prior names them")
+                     "predict them (a gene in no prior cannot be a node); use a variant whose prior names them, "
+                     "or --skip-unnamed to score the others")
     net, out_dir, args.quick_cells = {}, args.out_dir, None
     if args.quick:
         args.steps, args.n_steps, args.pred_cells, seeds, args.quick_cells = 10, 2, 40, [0], 30
@@ -212,7 +218,7 @@ def main(argv=None):
     folds, kos = baselines(args, records)
     common = {"quick_cells": args.quick_cells, "net": net, "n_steps": args.n_steps, "pred_cells": args.pred_cells,
               "steps": args.steps}
-    jobs = [{**common, "method": v, "seed": s, "fold": f, "fold_kos": held_out}
+    jobs = [{**common, "method": v, "seed": s, "fold": f, "fold_kos": held_out, "skip_kos": unscored.get(v, [])}
             for s in seeds for v in variants for f, held_out in enumerate(folds)]
     groups = [p for f in folds for p in f]
     dropped = sorted(set(__import__("grndiff").datasets.papalexi2021().obs["perturbation"].astype(str))
@@ -223,6 +229,9 @@ def main(argv=None):
         proto.average_groups(recs, "papalexi2021", groups, complete_only=True)
         strong = [g for g in groups if g in STRONG]
         proto.average_groups(recs, "papalexi2021", strong, name="strong", complete_only=True)
+        if unscored:  # every method on the knock-outs every variant scores: comparable means
+            shared = [g for g in groups if not any(g in m for m in unscored.values())]
+            proto.average_groups(recs, "papalexi2021", shared, name="scored_by_all", complete_only=True)
         config = {"steps": args.steps, "seeds": seeds, "euler_steps": args.n_steps, "pred_cells": args.pred_cells,
                   "variants": variants, "jobs": args.jobs, "net": net or "defaults", "quick": args.quick,
                   "knockouts": kos, "folds": folds}
@@ -233,7 +242,10 @@ def main(argv=None):
                  "linear needs the perturbed gene's PCA row: measured knock-outs only; linear_graph embeds every "
                  "prior gene (spectral embedding of the union prior, 10 dimensions; a knocked-out gene outside the "
                  "prior gets the zero row: the mean change)",
-                 "group 'strong' = IFNGR1, IFNGR2, JAK2, STAT1, IRF1"] + _summary(recs) + (
+                 "group 'strong' = IFNGR1, IFNGR2, JAK2, STAT1, IRF1"] + [
+                     f"{v} neither trains on nor scores {m} (--skip-unnamed: not measured, not in its prior); group "
+                     "'scored_by_all' averages every method over the knock-outs every variant scores"
+                     for v, m in unscored.items()] + _summary(recs) + (
                      [f"not run (--max-minutes {args.max_minutes} reached): " + ", ".join(skipped)] if skipped else [])
         return write_results(args.name, recs, command_string(), extra={"config": config, "notes": notes},
                              out_dir=out_dir), recs

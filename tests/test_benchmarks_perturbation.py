@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _quick(script: str, out: Path) -> dict:
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out-dir", str(out)],
+def _quick(script: str, out: Path, *extra: str) -> dict:
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out-dir", str(out), *extra],
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     name = script.removesuffix(".py")
@@ -49,3 +49,16 @@ def test_knockouts_quick_predicts_unmeasured_knockouts_through_latent_nodes(tmp_
     assert scored - genes, "no knock-out of an unmeasured gene was predicted"
     latent = [r["value"] for r in obj["records"] if r["metric"] == "n_latent"]
     assert latent and min(latent) > 0
+
+
+@pytest.mark.slow
+def test_knockouts_refuses_or_skips_a_variant_whose_prior_misses_a_knockout(tmp_path):
+    """OmniPath alone does not name ETV7 (unmeasured): refused by default, scored on the others with
+    --skip-unnamed (it neither trains on nor scores ETV7, and the notes say so)."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "knockouts.py"), "--quick", "--variants",
+                          "grndiff_omnipath", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "ETV7" in res.stderr and "--skip-unnamed" in res.stderr
+    obj = _quick("knockouts.py", tmp_path, "--variants", "grndiff_omnipath", "--skip-unnamed", "--jobs", "1")
+    assert "grndiff_omnipath" in _rows(obj, "papalexi2021")
+    assert not any(r["group"] == "ETV7" and r["method"].startswith("grndiff") for r in obj["records"])
+    assert any("ETV7" in n and "scored_by_all" in n for n in obj["notes"])
