@@ -234,6 +234,10 @@ def test_compiled_blocks_match_eager_and_survive_save_load(tmp_path):
     m = gd.GRNDiff(a, prior="collectri", modules="hallmark", hidden=8, depth=1, token_depth=1, seed=0)
     m.train(max_steps=3, batch_size=32, progress_bar=False, gate=False, compile=True)
     assert m.module.compiled and np.isfinite(m.history["train_loss"].dropna()).all()
+    built = dict(fused._compiled)
+    assert set(built) == {"ln_modulate", "mlp_residual"}
+    m.train(max_steps=2, batch_size=32, progress_bar=False, gate=False)  # the model's setting is kept ...
+    assert fused._compiled == built  # ... and the compiled functions are built once per process
     net = m.module.net.eval()
     x, t = torch.randn(5, m.graph.n_genes), torch.full((5,), 0.3)
     cond = {"condition": torch.tensor([0, 1, 0, 1, 0])}
