@@ -6,6 +6,7 @@ from .blocks import AdaLNBlock, FinalLayer, FullAttention, GraphDiTBlock, TokenB
 from .conditions import ConditionEmbedder, ConditionSpec, PerturbationEmbedder, register_condition_embedder
 from .embed import GeneEmbedder, TimestepEmbedder
 from .graph_attention import GraphAttention
+from .latent_tokens import LatentTokenVelocity  # registers backbone="latent_tokens"
 from .pooling import ModulePooling
 from .transformer import GRNTransformer
 from .velocity import VelocityField
@@ -13,7 +14,7 @@ from .velocity import VelocityField
 __all__ = [
     "BACKBONES", "backbone_options", "build_backbone", "register_backbone",
     "AdaLNBlock", "ConditionEmbedder", "ConditionSpec", "FinalLayer", "FullAttention", "GRNTransformer",
-    "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "MLPVelocity", "ModulePooling",
+    "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "LatentTokenVelocity", "MLPVelocity", "ModulePooling",
     "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "VelocityField", "gene_token_transformer", "modulate",
     "modules_only", "register_condition_embedder",
 ]
