@@ -27,7 +27,7 @@ class TokenReadout:
             tt = torch.full((x[sl].shape[0],), float(t))
             _, extras = net(x[sl], tt, {k: v[sl] for k, v in cond.items()}, None if pert is None else pert[sl],
                             return_tokens=True)
-            if not extras:
+            if "activity" not in extras:  # no module tokens ({}), or tokens without activities (latent_tokens)
                 raise ValueError("this model has no module tokens: build it with modules=... or n_learned_modules > 0")
             acts.append(extras["activity"])
             toks.append(extras["tokens"].mean(1))

@@ -158,6 +158,8 @@ def test_trains_samples_with_guidance_and_round_trips_on_kang_tiny(tmp_path):
     assert back.config["backbone"] == "latent_tokens" and back.module.net.latents.shape == (8, 16)
     again = back.sample(20, {"condition": "stim"}, n_steps=3, guidance=2.0, seed=1, progress=False)
     assert np.array_equal(gen.X, again.X)
+    with pytest.raises(ValueError, match="no module tokens"):  # latents are no module tokens: a clear refusal
+        m.get_token_activities(a[:4])
 
 
 def test_a_perturbation_model_trains_and_predicts_on_krumsiek():
