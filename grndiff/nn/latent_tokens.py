@@ -98,8 +98,7 @@ class LatentTokenVelocity(VelocityField):
       gene identities, independent of G.
 
     On a CPU the read and the write dominate: with head width D/H = 8 the attention kernels run far
-    below matmul speed. One training step on kang2018_tiny (G = 279, B = 64, one thread, a busy
-    machine) took 1.7–2.3× the default ``grn`` model's with M = 64 and 0.9–1.2× with M = 16.
+    below matmul speed (M = 16 costs about what the default ``grn`` model does at small G).
 
     Parameters
     ----------
