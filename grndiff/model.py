@@ -59,7 +59,8 @@ class GRNDiff(TokenReadout):
     modules
         Gene sets pooled into pathway tokens (``"hallmark"``, ``"reactome"``, path, DataFrame) or ``None``.
     backbone
-        ``"grn"`` (graph transformer), or a baseline: ``"mlp"``, ``"gene_tokens"``, ``"modules_only"``.
+        ``"grn"`` (graph transformer), ``"ssm"`` (state-space long convolution over the genes in a graph order,
+        :class:`~grndiff.nn.SequenceVelocity`), or a baseline: ``"mlp"``, ``"gene_tokens"``, ``"modules_only"``.
     source
         Where the flow starts (:mod:`grndiff.flow.sources`): ``"auto"`` (default:
         ``"shifted_control"`` when setup registered control cells — a perturbation key or
