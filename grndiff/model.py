@@ -60,7 +60,8 @@ class GRNDiff(TokenReadout):
         Gene sets pooled into pathway tokens (``"hallmark"``, ``"reactome"``, path, DataFrame) or ``None``.
     backbone
         ``"grn"`` (graph transformer), ``"latent_tokens"`` (Perceiver IO: learned latent tokens, no
-        graph), or a baseline: ``"mlp"``, ``"gene_tokens"``, ``"modules_only"``.
+        graph), ``"ssm"`` (state-space long convolution over the genes in a graph order,
+        :class:`~grndiff.nn.SequenceVelocity`), or a baseline: ``"mlp"``, ``"gene_tokens"``, ``"modules_only"``.
     source
         Where the flow starts (:mod:`grndiff.flow.sources`): ``"auto"`` (default:
         ``"shifted_control"`` when setup registered control cells — a perturbation key or

@@ -8,6 +8,7 @@ from .embed import GeneEmbedder, TimestepEmbedder
 from .graph_attention import GraphAttention
 from .latent_tokens import LatentTokenVelocity  # registers backbone="latent_tokens"
 from .pooling import ModulePooling
+from .sequence import SequenceVelocity, graph_order  # registers backbone="ssm"
 from .transformer import GRNTransformer
 from .velocity import VelocityField
 
@@ -15,6 +16,6 @@ __all__ = [
     "BACKBONES", "backbone_options", "build_backbone", "register_backbone",
     "AdaLNBlock", "ConditionEmbedder", "ConditionSpec", "FinalLayer", "FullAttention", "GRNTransformer",
     "GeneEmbedder", "GraphAttention", "GraphDiTBlock", "LatentTokenVelocity", "MLPVelocity", "ModulePooling",
-    "PerturbationEmbedder", "TimestepEmbedder", "TokenBlock", "VelocityField", "gene_token_transformer", "modulate",
-    "modules_only", "register_condition_embedder",
+    "PerturbationEmbedder", "SequenceVelocity", "TimestepEmbedder", "TokenBlock", "VelocityField",
+    "gene_token_transformer", "graph_order", "modulate", "modules_only", "register_condition_embedder",
 ]
