@@ -33,7 +33,8 @@ class FlowModule(L.LightningModule):
     inputs
         Data-derived sizes and graph (see :func:`build_backbone`); linked from the data module.
     backbone
-        ``"grn"`` (graph transformer), ``"mlp"``, ``"gene_tokens"``, ``"modules_only"`` or ``"latent_tokens"``.
+        ``"grn"`` (graph transformer), ``"mlp"``, ``"gene_tokens"``, ``"modules_only"``, ``"latent_tokens"``
+        or ``"ssm"`` (any name registered with :func:`register_backbone`).
     net_kwargs
         Architecture options passed to the backbone (hidden, heads, depth, mode, ...).
     source
