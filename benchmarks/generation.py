@@ -25,6 +25,8 @@ Methods (rows)
                        with the PCA (not clipped)
 ``gene_tokens``        every gene a token, full attention (memory O(B·H·G²)); smaller batch
 ``modules_only``       Hallmark tokens, no gene graph
+``latent_tokens``      64 learned latent tokens reading the genes by cross-attention (Perceiver IO), no graph
+``ssm``                a state-space long convolution over the genes in CollecTRI's BFS order, no modules
 ``grndiff``            CollecTRI graph + Hallmark tokens (+ global cell token), the default model
 ``grndiff_noise``      ``grndiff`` with the N(0, I) source instead of the fitted per-group Gaussian
 ``grndiff_nomodules``  CollecTRI graph only
@@ -84,6 +86,7 @@ NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "gaussian_source_scaled", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only",
+           "latent_tokens", "ssm",
            "grndiff", "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled",
            "grndiff_random",
            # the package's source options one at a time (every other GRNDiff row uses the defaults: Gaussian
@@ -168,6 +171,7 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
 
     method, opts = _source_options(method)
     small = dict(hidden=16, depth=1, token_depth=1) if quick else {}
+    small_seq = dict(hidden=16, depth=1) if quick else {}  # backbones without module-token blocks
     src = ({"name": "gaussian", "k": source_comps, "residual": source_residual, **opts} if source == "gaussian"
            else source)
     base = dict(lr=lr, ema_decay=ema_decay, prediction=prediction or "velocity", source=src)
@@ -175,6 +179,8 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
         "mlp": dict(prior=None, modules=None, backbone="mlp", hidden=128 if quick else 512, depth=3),
         "gene_tokens": dict(prior=None, modules=None, backbone="gene_tokens", **small),
         "modules_only": dict(prior=None, modules="hallmark", backbone="modules_only", **small),
+        "latent_tokens": dict(prior=None, modules=None, backbone="latent_tokens", **small_seq),
+        "ssm": dict(prior=prior_sym, modules=None, backbone="ssm", **small_seq),
         "grndiff": dict(prior=prior_sym, modules="hallmark", **small),
         "grndiff_noise": dict(prior=prior_sym, modules="hallmark", **small),
         "grndiff_nomodules": dict(prior=prior_sym, modules=None, **small),

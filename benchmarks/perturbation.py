@@ -82,6 +82,9 @@ VARIANTS = {
     "residual_noctx": {"source": {"name": _SC, "coupling": "residual"}, "options": {"context_conditioning": False}},
     "full_noctx": {"source": {"name": _SC, "coupling": "full"}, "options": {"context_conditioning": False}},
     "nogate": {"gate": False},
+    # other backbones (issue 31), the package's source and gate: what the network architecture changes
+    "latent_tokens": {"options": {"backbone": "latent_tokens"}},
+    "ssm": {"options": {"backbone": "ssm"}},
 }
 
 
@@ -248,7 +251,12 @@ def _summary(records) -> list[str]:
 
 def _variant(name: str, net: dict) -> dict:
     v = VARIANTS[name]
-    return {"source": v.get("source", "auto"), "net": {**net, **v.get("options", {})},
+    opts = {**net, **v.get("options", {})}
+    if "backbone" in opts:  # only the options that backbone takes (the quick net's token_depth is grn's)
+        from grndiff.nn import backbone_options
+        keep = set(backbone_options(opts["backbone"])) | {"backbone"}
+        opts = {k: val for k, val in opts.items() if k in keep}
+    return {"source": v.get("source", "auto"), "net": opts,
             "train": {"gate": v["gate"]} if "gate" in v else {}}
 
 
