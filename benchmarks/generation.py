@@ -27,6 +27,7 @@ Methods (rows)
 ``modules_only``       Hallmark tokens, no gene graph
 ``latent_tokens``      64 learned latent tokens reading the genes by cross-attention (Perceiver IO), no graph
 ``ssm``                a state-space long convolution over the genes in CollecTRI's BFS order, no modules
+``grndiff_cross``      ``grndiff`` with cross-attention conditioning (condition tokens) instead of adaLN
 ``grndiff``            CollecTRI graph + Hallmark tokens (+ global cell token), the default model
 ``grndiff_noise``      ``grndiff`` with the N(0, I) source instead of the fitted per-group Gaussian
 ``grndiff_nomodules``  CollecTRI graph only
@@ -86,7 +87,7 @@ NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "gaussian_source_scaled", "mlp", "pca_flow")
 METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only",
-           "latent_tokens", "ssm",
+           "latent_tokens", "ssm", "grndiff_cross",
            "grndiff", "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled",
            "grndiff_random",
            # the package's source options one at a time (every other GRNDiff row uses the defaults: Gaussian
@@ -186,6 +187,7 @@ def _train_grndiff(train, method, *, steps, seed, batch_size, lr, ema_decay, pri
         "grndiff_nomodules": dict(prior=prior_sym, modules=None, **small),
         "grndiff_learned": dict(prior=prior_sym, modules=None, n_learned_modules=32, **small),
         "grndiff_nocell": dict(prior=prior_sym, modules="hallmark", cell_token=False, **small),
+        "grndiff_cross": dict(prior=prior_sym, modules="hallmark", conditioning="cross_attention", **small),
         "grndiff_shuffled": dict(prior=priors.shuffle_edges(prior_sym, seed=seed), modules="hallmark", **small),
         "grndiff_random": dict(prior=priors.random_graph(prior_sym, seed=seed, genes=sorted(
             set(prior_sym["source"]) | set(prior_sym["target"]) | _measured_symbols(train))),

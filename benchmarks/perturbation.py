@@ -85,6 +85,7 @@ VARIANTS = {
     # other backbones (issue 31), the package's source and gate: what the network architecture changes
     "latent_tokens": {"options": {"backbone": "latent_tokens"}},
     "ssm": {"options": {"backbone": "ssm"}},
+    "cross_attention": {"options": {"conditioning": "cross_attention"}},  # condition tokens instead of adaLN
 }
 
 

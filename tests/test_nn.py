@@ -271,3 +271,42 @@ def test_graph_attention_runs_under_bf16_autocast(mode):
     y.float().square().sum().backward()
     assert torch.isfinite(x.grad).all()
     torch.testing.assert_close(y.float(), layer(x), atol=5e-2, rtol=5e-2)
+
+
+# ------------------------------------------------------------------ cross-attention conditioning
+def test_cross_condition_gene_major_equals_batch_major():
+    from grndiff.nn.blocks import CrossCondition
+    torch.manual_seed(0)
+    cc = CrossCondition(D, H)
+    _perturb_params(cc)
+    x, ctx = torch.randn(3, 7, D), torch.randn(3, 2, D)  # (B, N, D), (B, K, D)
+    torch.testing.assert_close(cc(x.transpose(0, 1), ctx, gene_major=True).transpose(0, 1), cc(x, ctx))
+    y = cc(x, ctx)  # each cell attends to its own tokens only
+    ctx2 = ctx.clone()
+    ctx2[1] += 1.0
+    y2 = cc(x, ctx2)
+    torch.testing.assert_close(y2[[0, 2]], y[[0, 2]])
+    assert not torch.allclose(y2[1], y[1])
+
+
+def test_cross_attention_conditioning_starts_at_zero_and_reads_every_condition():
+    """conditioning="cross_attention": v ≡ 0 at init; with weights away from 0, changing any one
+    condition (or the perturbation) changes v, as under adaLN; guidance mixes the two halves."""
+    with pytest.raises(ValueError, match="conditioning must be one of"):
+        _conditional_model(conditioning="film")
+    torch.manual_seed(0)
+    m = _conditional_model(conditioning="cross_attention").eval()
+    adaln = _conditional_model()
+    assert sum(p.numel() for p in m.parameters()) > sum(p.numel() for p in adaln.parameters())
+    x, t = torch.randn(4, G), torch.rand(4)
+    pert = torch.tensor([[1, -1], [2, 11], [-1, -1], [0, -1]])
+    assert torch.count_nonzero(m(x, t, _cond(), pert)) == 0
+    _perturb_params(m)
+    v = m(x, t, _cond(), pert)
+    for key in _cond():
+        cond = _cond()
+        cond[key] = torch.roll(cond[key], 1, dims=0)
+        assert not torch.allclose(m(x, t, cond, pert), v), key
+    assert not torch.allclose(m(x, t, _cond(), torch.full_like(pert, -1)), v)
+    v_u = m(x, t, _cond(), pert, force_drop=torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(m.forward_with_cfg(x, t, _cond(), pert, guidance=2.0), v_u + 2.0 * (v - v_u))

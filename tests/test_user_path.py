@@ -92,7 +92,8 @@ def test_shipped_config_fits(configs, tmp_path, monkeypatch, capsys):
                                      ["kang.yaml", "ablation_modules_only.yaml"],
                                      ["kang.yaml", "ablation_learned_modules.yaml"],
                                      ["kang.yaml", "ablation_latent_tokens.yaml"],
-                                     ["kang.yaml", "ablation_ssm.yaml"]], ids=lambda c: "+".join(c))
+                                     ["kang.yaml", "ablation_ssm.yaml"],
+                                     ["kang.yaml", "ablation_cross_attention.yaml"]], ids=lambda c: "+".join(c))
 def test_every_other_shipped_config_fits(configs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(_fit_argv(configs, tmp_path))
@@ -102,7 +103,7 @@ def test_every_other_shipped_config_fits(configs, tmp_path, monkeypatch, capsys)
 def test_every_shipped_config_is_tested():
     tested = {"tiny.yaml", "kang.yaml", "kang_ctrl.yaml", "ablation_mlp.yaml", "ablation_gene_tokens.yaml",
               "ablation_modules_only.yaml", "ablation_learned_modules.yaml", "ablation_latent_tokens.yaml",
-              "ablation_ssm.yaml"}
+              "ablation_ssm.yaml", "ablation_cross_attention.yaml"}
     assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == tested
 
 

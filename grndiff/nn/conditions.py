@@ -112,17 +112,33 @@ class ConditionEmbedder(nn.Module):
         out = torch.zeros(batch_size, self.hidden, device=device)
         if not self.specs:
             return out
+        cond = self._seen(cond, batch_size, out.device, force_drop)
+        for s in self.specs:
+            out = out + self.embedders[s.name](cond[s.name])
+        return out
+
+    def tokens(self, cond: dict[str, torch.Tensor] | None, batch_size: int, device=None,
+               force_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per condition, ``(B, K, D)`` (K = number of conditions; ``(B, 0, D)`` without
+        any), for cross-attention conditioning; the same null tokens and dropout as :meth:`forward`."""
+        if not self.specs:
+            return torch.zeros(batch_size, 0, self.hidden, device=device)
+        cond = self._seen(cond, batch_size, torch.device(device) if device is not None else torch.device("cpu"),
+                          force_drop)
+        return torch.stack([self.embedders[s.name](cond[s.name]) for s in self.specs], dim=1)
+
+    def _seen(self, cond, batch_size: int, device, force_drop) -> dict[str, torch.Tensor]:
+        """The conditions the network sees: checked, nulled where ``force_drop`` (or, in training,
+        at random with ``dropout_prob``: classifier-free guidance)."""
         cond = cond or {}
         missing = [s.name for s in self.specs if s.name not in cond]
         if missing:
             raise KeyError(f"conditions {missing} are missing from the batch (known: {[s.name for s in self.specs]})")
         if force_drop is not None:
-            cond = self.drop(cond, force_drop)
-        elif self.training and self.dropout_prob > 0:
-            cond = self.drop(cond, torch.rand(batch_size, device=out.device) < self.dropout_prob)
-        for s in self.specs:
-            out = out + self.embedders[s.name](cond[s.name])
-        return out
+            return self.drop(cond, force_drop)
+        if self.training and self.dropout_prob > 0:
+            return self.drop(cond, torch.rand(batch_size, device=device) < self.dropout_prob)
+        return cond
 
 
 # ------------------------------------------------------------------ the shipped kinds

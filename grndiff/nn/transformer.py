@@ -4,6 +4,7 @@
 
     x_t (B, G) ─► GeneEmbedder ─► (+ perturbation flags on perturbed nodes) ─► h (G, B, D)
     t, conditions ─► c = t_emb + cond_emb (+ perturbation summary)            (B, D)
+                     (conditioning="cross_attention": c = t_emb; condition tokens (B, K, D) attended to)
     h ─► [GraphDiTBlock]×⌈L/2⌉ ─► ModulePooling ─► [TokenBlock]×M ─► unpool (+h)
       ─► [GraphDiTBlock]×⌊L/2⌋ ─► FinalLayer ─► v (B, G)
 
@@ -28,6 +29,8 @@ from .conditions import ConditionEmbedder, PerturbationEmbedder
 from .embed import GeneEmbedder, TimestepEmbedder
 from .pooling import ModulePooling
 from .velocity import VelocityField
+
+CONDITIONINGS = ("adaln", "cross_attention")
 
 
 class GRNTransformer(VelocityField):
@@ -70,6 +73,13 @@ class GRNTransformer(VelocityField):
         (see :class:`PerturbationEmbedder`); 0 leaves only the flag and message passing.
     cond_dropout
         Classifier-free guidance dropout probability.
+    conditioning
+        How the conditions reach the blocks: ``"adaln"`` (default: their summed embedding, with time
+        and the cell token, regresses every block's shift/scale/gate) or ``"cross_attention"``
+        (one token per condition, plus the perturbation summary, that every node and module token
+        attends to in each block through a zero-initialised :class:`~grndiff.nn.blocks.CrossCondition`
+        branch; adaLN then carries only time and the cell token). Extra cost per block
+        O(G·B·K·D + G·B·D²) for K condition tokens.
     n_latent
         ``L`` latent nodes after the ``G`` genes (nodes ``G .. G+L-1`` of ``edge_index`` and of
         the perturbation codes), each with a learned input state ``latent_state`` (L, D) and no
@@ -101,11 +111,16 @@ class GRNTransformer(VelocityField):
         perturbation: bool = False,
         perturbation_hops: int = 3,
         cond_dropout: float = 0.1,
+        conditioning: str = "adaln",
         n_latent: int = 0,
     ):
         super().__init__()
         if mixer not in ("graph", "full"):
             raise ValueError(f"mixer must be 'graph' or 'full', got {mixer!r}")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        self.cross = conditioning == "cross_attention"
+        cross_heads = heads if self.cross else 0
         n_latent = int(n_latent)
         if n_latent < 0:
             raise ValueError(f"n_latent must be ≥ 0, got {n_latent}")
@@ -128,16 +143,17 @@ class GRNTransformer(VelocityField):
 
         def block():
             if mixer == "full":
-                return TokenBlock(hidden, heads, mlp_ratio)
+                return TokenBlock(hidden, heads, mlp_ratio, cross_heads)
             return GraphDiTBlock(hidden, heads, n_nodes, edge_index, edge_sign, edge_weight, edge_type,
-                                 mode=mode, mlp_ratio=mlp_ratio)
+                                 mode=mode, mlp_ratio=mlp_ratio, cross_heads=cross_heads)
 
         n_pre = (depth + 1) // 2
         self.blocks_pre = nn.ModuleList(block() for _ in range(n_pre))
         self.blocks_post = nn.ModuleList(block() for _ in range(depth - n_pre))
         if membership is not None or n_learned_modules:
             self.pooling = ModulePooling(n_genes, hidden, membership, n_learned_modules, init_learned_from_prior)
-            self.token_blocks = nn.ModuleList(TokenBlock(hidden, heads, mlp_ratio) for _ in range(token_depth))
+            self.token_blocks = nn.ModuleList(TokenBlock(hidden, heads, mlp_ratio, cross_heads)
+                                              for _ in range(token_depth))
         else:
             self.pooling, self.token_blocks = None, nn.ModuleList()
         self.final = FinalLayer(hidden)
@@ -154,17 +170,26 @@ class GRNTransformer(VelocityField):
         return torch.cat([self.embed.identity.weight, self.latent_state.to(self.embed.identity.weight.dtype)])
 
     def conditioning(self, t: torch.Tensor, cond, pert, B: int, force_drop=None):
-        c = self.t_embed(t) + self.cond_embed(cond, B, device=t.device, force_drop=force_drop)  # (B, D)
-        node = None
+        """``c`` (B, D) for adaLN, per-node perturbation features (B, G + L, D) or None, and the
+        condition tokens ``ctx`` (B, K, D) of cross-attention conditioning (None under adaLN)."""
+        node, glob, ctx = None, None, None
+        if self.cross:
+            c = self.t_embed(t)
+            ctx = self.cond_embed.tokens(cond, B, device=t.device, force_drop=force_drop)  # (B, K, D)
+        else:
+            c = self.t_embed(t) + self.cond_embed(cond, B, device=t.device, force_drop=force_drop)  # (B, D)
         if self.pert_embed is not None and pert is not None:
             node, glob = self.pert_embed(pert, self.node_identity())  # node (B, G + L, D)
-            c = c + glob
-        return c, node
+            if self.cross:
+                ctx = torch.cat([ctx, glob.unsqueeze(1)], dim=1)  # the perturbation summary: one more token
+            else:
+                c = c + glob
+        return c, node, ctx
 
     def velocity(self, x, t, cond, pert, force_drop):
         """See :meth:`VelocityField.velocity`: ``v`` (B, G) and the module tokens (B, P, D), if any."""
         B = x.shape[0]
-        c, node = self.conditioning(t, cond, pert, B, force_drop)
+        c, node, ctx = self.conditioning(t, cond, pert, B, force_drop)
         if self.cell_embed is not None:
             c = c + self.cell_embed(x)  # (B, D) global state of the cell
         # the gene stack runs gene-major (G, B, D): see grndiff.nn.graph_attention, "Layout"
@@ -177,19 +202,19 @@ class GRNTransformer(VelocityField):
             h = h + node.transpose(0, 1)
         run = self._block_runner(h)
         for blk in self.blocks_pre:
-            h = run(blk, h, c)
+            h = run(blk, h, c, ctx)
         extras = {}
         if self.pooling is not None:
             tok = self.pooling.pool_genes(h[:G] if self.n_latent else h)  # (B, P, D): measured genes only
             for tb in self.token_blocks:
-                tok = tb(tok, c)
+                tok = tb(tok, c, ctx)
             if self.n_latent:
                 h = torch.cat([h[:G] + self.pooling.unpool_genes(tok), h[G:]])  # (G + L, B, D)
             else:
                 h = h + self.pooling.unpool_genes(tok)  # (G, B, D)
             extras = {"tokens": tok, "activity": self.pooling.activity(tok)}
         for blk in self.blocks_post:
-            h = run(blk, h, c)
+            h = run(blk, h, c, ctx)
         v = self.final.forward_genes(h[:G] if self.n_latent else h, c).squeeze(-1).T  # (B, G): no latent column
         return v, extras
 
@@ -209,8 +234,8 @@ class GRNTransformer(VelocityField):
 
     def _block_runner(self, h: torch.Tensor):
         if torch.is_grad_enabled() and h.numel() > self.checkpoint_above:
-            return lambda blk, x, c: checkpoint(blk.forward_genes, x, c, use_reentrant=False)
-        return lambda blk, x, c: blk.forward_genes(x, c)
+            return lambda blk, x, c, ctx: checkpoint(blk.forward_genes, x, c, ctx, use_reentrant=False)
+        return lambda blk, x, c, ctx: blk.forward_genes(x, c, ctx)
 
     def graph_layers(self) -> list:
         """The GraphAttention modules, in order (for interpretation plots)."""
