@@ -129,6 +129,7 @@ class GRNDiff(TokenReadout):
             self.module = self._build_module(src)
         # the source is fitted once, where it is used: train() on its training split, or sample()/
         # predict() of an untrained model on this AnnData (_ensure_source)
+        ondisk.check_pairing(self.processor, adata, self.module.source.needs_control)  # fail before training
         self._set_results(library_size=ondisk.median_library_size(adata, self.setup))
 
     # What training adds to a model, as saved (the keys of the model file): one list for __init__,
@@ -409,6 +410,8 @@ class GRNDiff(TokenReadout):
         the others raise ``FileExistsError``). ``overwrite=True`` replaces a saved model, never a
         folder holding other files.
         """
+        if getattr(self, "_adata", None) is not None:
+            self._ensure_source()  # an untrained model's saved source must sample after loading, without the data
         write_model_dir({"grndiff_version": __version__, "config": self.config, "setup": self.setup,
                          "processor": self.processor.to_state(), "graph": self.graph.to_state(),
                          "state_dict": self.module.state_dict(), **self._results(),

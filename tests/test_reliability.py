@@ -542,6 +542,7 @@ def test_extreme_library_sizes_finite_inputs_and_loss():
     a.layers["counts"] = sp.csr_matrix(X)
     GRNDiff.setup_anndata(a, layer="counts", condition_keys=["cell_type"])
     model = _small_model(a)
+    model._ensure_source()  # fitted where first used: here, the loss below
     batch = _batch(model, a, n=40)
     assert torch.isfinite(batch["x"]).all()
     assert batch["x"].abs().max() < 1e3

@@ -45,6 +45,14 @@ def open_h5ad(path: str | os.PathLike, setup: dict | None = None):
     return adata
 
 
+def check_pairing(processor, adata, with_controls: bool) -> None:
+    """Refuse a source that pairs cells with control cells on a backed AnnData (not streamed yet)."""
+    if with_controls and streams(adata, processor.layer):
+        raise ValueError("this model's source pairs every cell with a control cell, which streaming from disk does "
+                         "not do yet. Build the model with source='gaussian' (or 'noise'), or load the AnnData into "
+                         "memory (adata.to_memory()).")
+
+
 def datamodule(processor, adata, *, with_controls: bool, match_keys=None, batch_size: int = 64,
                val_fraction: float = 0.1, split_seed: int = 0, stratify_key: str | None = None,
                holdout: dict | None = None, **kw):
@@ -60,10 +68,7 @@ def datamodule(processor, adata, *, with_controls: bool, match_keys=None, batch_
         if value:
             raise ValueError(f"{name}= needs the cells in memory, but this AnnData is backed (X on disk). Load it "
                              f"(adata = adata.to_memory()) or leave {name} out.")
-    if with_controls:
-        raise ValueError("this model's source pairs every cell with a control cell, which streaming from disk does "
-                         "not do yet. Build the model with source='gaussian' (or 'noise'), or load the AnnData into "
-                         "memory (adata.to_memory()).")
+    check_pairing(processor, adata, with_controls)
     if processor.check_genes(adata) is not None:
         raise ValueError("the genes of this backed AnnData are in another order than the model's; write the file "
                          "with the model's gene order: adata[:, model.var_names].write_h5ad(path)")
