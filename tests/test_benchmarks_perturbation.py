@@ -49,3 +49,19 @@ def test_knockouts_quick_predicts_unmeasured_knockouts_through_latent_nodes(tmp_
     assert scored - genes, "no knock-out of an unmeasured gene was predicted"
     latent = [r["value"] for r in obj["records"] if r["metric"] == "n_latent"]
     assert latent and min(latent) > 0
+
+
+def test_readme_perturbation_figure_redraws_from_the_committed_results(tmp_path):
+    """`python benchmarks/plot_perturbation.py` draws the README's figure from the committed results
+    file alone (no data, no model), and the file records its command and commit."""
+    import plot_perturbation
+
+    res = json.loads((ROOT / "benchmarks" / "results" / "perturbation_top_genes.json").read_text())
+    assert res["command"].startswith("python benchmarks/plot_perturbation.py") and res["commit"]
+    assert (ROOT / "docs" / "perturbation_top_genes.png").exists()
+    assert "docs/perturbation_top_genes.png" in (ROOT / "README.md").read_text()
+    out = tmp_path / "fig.png"
+    plot_perturbation.main(["--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ranks = [r for r in res["records"] if r["metric"] == "rank"]
+    assert len(ranks) == plot_perturbation.N_TOP
