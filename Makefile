@@ -6,8 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.grndiff-installed
+DOCS_STAMP := $(VENV)/.grndiff-docs-installed
 
-.PHONY: install lint test test-fast demo bench-quick clean
+.PHONY: install lint test test-fast demo bench-quick docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +35,14 @@ demo: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) benchmarks/kernel.py --quick
 
+# The API reference and the tutorials (rendered with their committed outputs, never executed) as HTML
+# in docs/_build/html; offline once the docs extra is installed. Warnings are errors (CI runs it).
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) runs lightning_logs .pytest_cache
+	rm -rf $(VENV) runs lightning_logs .pytest_cache docs/_build docs/tutorials

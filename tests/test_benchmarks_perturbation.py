@@ -62,3 +62,19 @@ def test_knockouts_refuses_or_skips_a_variant_whose_prior_misses_a_knockout(tmp_
     assert "grndiff_omnipath" in _rows(obj, "papalexi2021")
     assert not any(r["group"] == "ETV7" and r["method"].startswith("grndiff") for r in obj["records"])
     assert any("ETV7" in n and "scored_by_all" in n for n in obj["notes"])
+
+
+def test_readme_perturbation_figure_redraws_from_the_committed_results(tmp_path):
+    """`python benchmarks/plot_perturbation.py` draws the README's figure from the committed results
+    file alone (no data, no model), and the file records its command and commit."""
+    import plot_perturbation
+
+    res = json.loads((ROOT / "benchmarks" / "results" / "perturbation_top_genes.json").read_text())
+    assert res["command"].startswith("python benchmarks/plot_perturbation.py") and res["commit"]
+    assert (ROOT / "docs" / "perturbation_top_genes.png").exists()
+    assert "docs/perturbation_top_genes.png" in (ROOT / "README.md").read_text()
+    out = tmp_path / "fig.png"
+    plot_perturbation.main(["--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ranks = [r for r in res["records"] if r["metric"] == "rank"]
+    assert len(ranks) == plot_perturbation.N_TOP

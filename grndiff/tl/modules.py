@@ -125,8 +125,9 @@ def module_enrichment(model, gene_sets="hallmark", n_top: int = 50, fdr: float =
 
     Returns
     -------
-    DataFrame with columns ``module, gene_set, overlap, set_size, n_top, odds_ratio, pval, fdr,
-    significant, genes`` (overlapping genes, comma-separated), sorted by module then p-value.
+    pandas.DataFrame
+        Columns ``module, gene_set, overlap, set_size, n_top, odds_ratio, pval, fdr, significant,
+        genes`` (overlapping genes, comma-separated), sorted by module then p-value.
     """
     from .. import priors
 
