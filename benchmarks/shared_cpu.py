@@ -10,9 +10,9 @@ other users' jobs look like). Settings:
     The package default (no thread setting: ``grndiff.train.runtime`` picks the usable cores that
     other processes are not busy on).
 ``threads<n>``
-    ``torch.set_num_threads(n)`` in the script (a user's choice: the package keeps it).
+    ``OMP_NUM_THREADS=n`` (a user's choice: the package keeps it).
 ``passive<n>``
-    ``n`` threads with ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's idle threads sleep instead of spinning).
+    ``OMP_NUM_THREADS=n`` and ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's idle threads sleep instead of spinning).
 
 Metrics (group ``idle`` / ``loaded``): ``train_s`` (wall time of ``GRNDiff.train``), ``threads``
 (what training ran with), and for ``loaded`` ``vs_idle_auto`` = ``train_s`` / the idle ``auto``
@@ -55,8 +55,6 @@ def child(cfg: dict) -> dict:
     from grndiff import GRNDiff, datasets
     from grndiff.data import split_indices
 
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
     adata = datasets.kang2018()
     if cfg["quick"]:
         adata = adata[:, np.argsort(-np.asarray(adata.layers["counts"].mean(0)).ravel())[:200]].copy()
@@ -80,13 +78,11 @@ def child(cfg: dict) -> dict:
 
 def _run(setting: str, steps: int, quick: bool, timeout: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    threads = None
-    if setting.startswith("threads"):
-        threads = int(setting[len("threads"):])
-    elif setting.startswith("passive"):
-        threads = int(setting[len("passive"):])
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    cfg = {"steps": steps, "threads": threads, "quick": quick}
+    if setting.startswith(("threads", "passive")):  # the environment: what a user sets, and what torch reads first
+        env["OMP_NUM_THREADS"] = setting.removeprefix("threads").removeprefix("passive")
+        if setting.startswith("passive"):
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+    cfg = {"steps": steps, "quick": quick}
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)], env=env,
                          capture_output=True, text=True, timeout=timeout)
     for line in res.stdout.splitlines():
