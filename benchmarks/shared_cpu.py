@@ -7,12 +7,13 @@
 other users' jobs look like). Settings:
 
 ``auto``
-    The package default (no thread setting: ``grndiff.train.runtime`` picks the usable cores that
-    other processes are not busy on).
+    The package default: no thread setting, grndiff imported before torch (so OpenMP's threads
+    wait passively, ``grndiff/_openmp.py``, and ``grndiff.train.runtime`` uses every usable core).
 ``threads<n>``
-    ``OMP_NUM_THREADS=n`` (a user's choice: the package keeps it).
-``passive<n>``
-    ``OMP_NUM_THREADS=n`` and ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP's idle threads sleep instead of spinning).
+    ``OMP_NUM_THREADS=n`` (a user's choice: the package keeps it), the package's wait policy.
+``active<n>`` / ``passive<n>``
+    ``OMP_NUM_THREADS=n`` and ``OMP_WAIT_POLICY=ACTIVE`` (idle OpenMP threads spin: GNU OpenMP's
+    default, and grndiff's before ``_openmp.py``) or ``PASSIVE`` (they sleep).
 
 Metrics (group ``idle`` / ``loaded``): ``train_s`` (wall time of ``GRNDiff.train``), ``threads``
 (what training ran with), and for ``loaded`` ``vs_idle_auto`` = ``train_s`` / the idle ``auto``
@@ -38,7 +39,8 @@ from _results import RESULTS_DIR, command_string, record, records_to_markdown, w
 
 NAME = "shared_cpu"
 TAG = "SHARED_RESULT "
-SETTINGS = ("auto", "threads2", "threads1", "passive2")
+SETTINGS = ("auto", "threads1", "active2", "passive2")
+PREFIXES = ("threads", "active", "passive")
 BUSY = ("import numpy as np\n"
         "a = np.random.default_rng(0).random((300, 300))\n"
         "while True:\n"
@@ -48,12 +50,12 @@ BUSY = ("import numpy as np\n"
 
 def child(cfg: dict) -> dict:
     """Train the demo's grndiff model for ``cfg['steps']`` steps; the thread count as ``cfg`` says."""
-    import lightning as L
+    from grndiff import GRNDiff, datasets  # first, as a user's script would: before torch (grndiff/_openmp.py)
+    from grndiff.data import split_indices  # isort: skip
+
+    import lightning as L  # noqa: I001
     import numpy as np
     import torch
-
-    from grndiff import GRNDiff, datasets
-    from grndiff.data import split_indices
 
     adata = datasets.kang2018()
     if cfg["quick"]:
@@ -78,10 +80,11 @@ def child(cfg: dict) -> dict:
 
 def _run(setting: str, steps: int, quick: bool, timeout: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    if setting.startswith(("threads", "passive")):  # the environment: what a user sets, and what torch reads first
-        env["OMP_NUM_THREADS"] = setting.removeprefix("threads").removeprefix("passive")
-        if setting.startswith("passive"):
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
+    for prefix in PREFIXES:  # the environment: what a user sets, and what OpenMP reads when torch loads
+        if setting.startswith(prefix):
+            env["OMP_NUM_THREADS"] = setting.removeprefix(prefix)
+            if prefix != "threads":
+                env["OMP_WAIT_POLICY"] = prefix.upper()
     cfg = {"steps": steps, "quick": quick}
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)], env=env,
                          capture_output=True, text=True, timeout=timeout)
@@ -112,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     if args.quick:
         args.steps, settings = 10, ["auto", "threads1"]
-    bad = [s for s in settings if s != "auto" and not (s.startswith(("threads", "passive")) and s[-1].isdigit())]
+    bad = [s for s in settings if s != "auto" and not (s.startswith(PREFIXES) and s[-1].isdigit())]
     if bad:
-        ap.error(f"unknown settings {bad}: auto, threads<n>, passive<n>")
+        ap.error(f"unknown settings {bad}: auto, threads<n>, active<n>, passive<n>")
     out_dir = output_dir(args, ap, RESULTS_DIR)
     command = command_string([str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)])
     recs, raw = [], {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 
+from . import _openmp  # noqa: F401  (first: OpenMP's wait policy must be set before torch loads)
+
 __version__ = "0.1.0"
 
 _SUBMODULES = {"priors", "graph", "data", "datasets", "nn", "flow", "train", "metrics", "baselines", "tl", "pl"}

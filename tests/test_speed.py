@@ -103,9 +103,12 @@ def test_cpu_runtime_uses_every_free_core_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runtime, "_TORCH_DEFAULT_THREADS", before)
     monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    monkeypatch.setattr(runtime, "PASSIVE_WAIT", False)  # spinning OpenMP threads: leave busy cores alone
     for busy, want in ((0.0, 4), (1.2, 3), (2.6, 1), (9.0, 1)):  # other runnable processes → threads
         monkeypatch.setattr(runtime, "busy_elsewhere", lambda busy=busy: busy)
         assert runtime.default_threads() == want
+    monkeypatch.setattr(runtime, "PASSIVE_WAIT", True)  # sleeping threads: every core, whatever else runs
+    assert runtime.default_threads() == 4
     monkeypatch.setattr(runtime, "busy_elsewhere", lambda: 0.0)
     monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     with runtime.cpu_runtime():
@@ -185,3 +188,20 @@ def test_shared_cpu_benchmark_quick(tmp_path):
     rows = {(r["method"], r["group"], r["metric"]): r["value"] for r in res["records"]}
     assert rows[("threads1", "loaded", "threads")] == 1
     assert rows[("auto", "idle", "train_s")] > 0 and rows[("auto", "loaded", "vs_idle_auto")] > 0
+
+
+def test_openmp_wait_policy_is_passive_when_grndiff_loads_before_torch():
+    """A fresh interpreter importing grndiff first gets OMP_WAIT_POLICY=PASSIVE; a user's policy, or
+    torch loaded first, is left alone (and PASSIVE_WAIT says so)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import grndiff, os; from grndiff import _openmp; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), _openmp.PASSIVE_WAIT)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = lambda c, **e: subprocess.run([sys.executable, "-c", c], capture_output=True, text=True,  # noqa: E731
+                                        env={**env, **e}, check=True).stdout.split()
+    assert run(code) == ["PASSIVE", "True"]
+    assert run(code, OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "False"]
+    assert run("import torch; " + code) == ["None", "False"]

@@ -3,14 +3,14 @@
 ``with cpu_runtime(): ...`` (what ``GRNDiff.train``/``sample``/``predict`` run under):
 
 - **Threads.** torch uses ``n`` intra-op threads; this sets them to the cores the process may run
-  on (``os.sched_getaffinity``) that other processes are not busy on, for the duration of the
-  block, then restores them. Busy means runnable right now (threads of other processes in state ``R``
-  under ``/proc``, sampled three times over ~20 ms). On a shared machine more threads than free
-  cores make OpenMP's spinning barriers wait on descheduled threads: ``make demo``'s training ran
-  5× slower beside two busy single-thread jobs on 2 cores (measured side by side in
-  ``benchmarks/results/shared_cpu.md``). It leaves the threads alone when ``OMP_NUM_THREADS`` is
-  set or when the user has called ``torch.set_num_threads`` (the count differs from the one torch
-  started with): their choice wins.
+  on (``os.sched_getaffinity``) for the duration of the block, then restores them. Where OpenMP's
+  threads wait passively (``grndiff/_openmp.py``: the default when grndiff is imported before
+  torch) that is every core; where they spin, the cores other processes are not busy on (busy:
+  threads of other processes runnable right now, state ``R`` under ``/proc``, sampled three times
+  over ~20 ms). Spinning threads beyond the free cores wait on descheduled ones (the demo's
+  training beside two busy single-thread jobs on 2 cores: ``benchmarks/results/shared_cpu.md``).
+  It leaves the threads alone when ``OMP_NUM_THREADS`` is set or when the user has called
+  ``torch.set_num_threads`` (the count differs from the one torch started with): their choice wins.
 - **Memory.** At G = 7,000 genes and 64 cells every node-state tensor ``(G, B, D)`` is 57 MB. glibc
   serves allocations above ``M_MMAP_THRESHOLD`` (at most 32 MB) with a fresh ``mmap`` and unmaps them
   on free, so each of the ~100 such tensors of a training step came back as new pages from the
@@ -31,6 +31,8 @@ import time
 from collections.abc import Iterator
 
 import torch
+
+from .._openmp import PASSIVE_WAIT
 
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # what torch chose at start-up (before any user call)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
@@ -83,6 +85,8 @@ def default_threads() -> int | None:
     if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() != _TORCH_DEFAULT_THREADS:
         return None
     cores = max(usable_cores(), 1)
+    if PASSIVE_WAIT:  # waiting threads sleep: every core, whatever else runs (grndiff/_openmp.py)
+        return cores
     return max(cores - int(round(busy_elsewhere())), 1)
 
 
