@@ -3,11 +3,9 @@
 OpenMP reads ``OMP_WAIT_POLICY`` once, when torch's runtime starts. Idle worker threads then either
 spin (``ACTIVE``, GNU OpenMP's default for a while after each parallel region) or sleep
 (``PASSIVE``). On a machine whose cores other jobs also use, spinning threads that wait on a
-descheduled one waste the cores: the demo's training beside two busy single-thread jobs on 2 cores
-took 4.1× its idle time with 2 spinning threads, 2.4× with 1 thread and 1.8× with 2 passive
-threads, and the passive threads cost nothing on the idle machine
-(``benchmarks/results/shared_cpu.md``). So grndiff sets ``PASSIVE`` unless the user set a policy —
-which only takes effect when ``grndiff`` is imported before ``torch``.
+descheduled one waste the cores, and passive ones cost nothing measurable on an idle machine
+(``benchmarks/results/shared_cpu.md`` measures both, side by side). So grndiff sets ``PASSIVE``
+unless the user set a policy — which only takes effect when ``grndiff`` is imported before ``torch``.
 
 ``PASSIVE_WAIT``: whether torch's OpenMP threads wait passively in this process (as far as can be
 known: the policy was set before torch was loaded).
