@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..edge_types import PRIOR_EDGE_TYPES
+from .embed import GeneEmbedder, TimestepEmbedder
 
 PROPAGATED_EDGE_TYPES = PRIOR_EDGE_TYPES  # a perturbation flag travels along the prior's own edges
 EMBEDDERS: dict = {}  # kind → builder(spec, hidden) -> nn.Module mapping a condition's codes to (B, D)
@@ -312,3 +313,18 @@ class PerturbationEmbedder(nn.Module):
         summed = onehot.sum(1).clamp_max(1.0) @ gene_identity + extra
         has = valid.any(1, keepdim=True).to(summed.dtype)
         return node, self.global_mlp(summed) * has  # (B, G, D), (B, D)
+
+
+def attach_input_embedders(net: nn.Module, n_genes: int, hidden: int, condition_specs, *, cond_dropout: float,
+                           value_embedding: str, perturbation, n_nodes: int | None = None, edge_index=None,
+                           edge_sign=None, edge_type=None, perturbation_hops: int = 3) -> None:
+    """Give a gene-token backbone its input embedders, in this order (its initial weights depend on
+    it): ``net.embed`` (:class:`~grndiff.nn.GeneEmbedder`), ``net.t_embed``, ``net.cond_embed`` and
+    ``net.pert_embed`` (a :class:`PerturbationEmbedder` over ``n_nodes`` nodes, or ``None`` without
+    perturbations)."""
+    net.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
+    net.t_embed = TimestepEmbedder(hidden)
+    net.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
+    net.pert_embed = (PerturbationEmbedder(n_nodes or n_genes, hidden, edge_index, edge_sign, edge_type,
+                                           hops=perturbation_hops, n_kinds=int(perturbation))
+                      if perturbation else None)

@@ -29,8 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbones import register_backbone
 from .blocks import Mlp, _modulate
-from .conditions import ConditionEmbedder, PerturbationEmbedder
-from .embed import GeneEmbedder, TimestepEmbedder
+from .conditions import attach_input_embedders
 from .velocity import VelocityField
 
 __all__ = ["LongConv", "SequenceBlock", "SequenceVelocity", "graph_order", "long_conv"]
@@ -306,12 +305,9 @@ class SequenceVelocity(VelocityField):
         self.n_genes, self.hidden, self.order_method = n_genes, hidden, order
         self.register_buffer("order", perm)  # (G,) sequence position → gene; saved with the weights
         self.register_buffer("inverse", torch.argsort(perm))  # (G,) gene → sequence position
-        self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
-        self.t_embed = TimestepEmbedder(hidden)
-        self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
-        self.pert_embed = (PerturbationEmbedder(n_genes, hidden, edge_index, edge_sign, edge_type,
-                                                hops=perturbation_hops, n_kinds=int(perturbation))
-                           if perturbation else None)
+        attach_input_embedders(self, n_genes, hidden, condition_specs, cond_dropout=cond_dropout,
+                               value_embedding=value_embedding, perturbation=perturbation, edge_index=edge_index,
+                               edge_sign=edge_sign, edge_type=edge_type, perturbation_hops=perturbation_hops)
         self.blocks = nn.ModuleList(SequenceBlock(hidden, mlp_ratio, n_modes) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))

@@ -25,8 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..edge_types import EDGE_SELF
 from .blocks import FinalLayer, GraphDiTBlock, TokenBlock
-from .conditions import ConditionEmbedder, PerturbationEmbedder
-from .embed import GeneEmbedder, TimestepEmbedder
+from .conditions import attach_input_embedders
 from .pooling import ModulePooling
 from .velocity import VelocityField
 
@@ -132,12 +131,10 @@ class GRNTransformer(VelocityField):
             edge_index = torch.arange(n_nodes).repeat(2, 1)
             edge_type = torch.full((n_nodes,), EDGE_SELF, dtype=torch.long)
         self.n_genes, self.n_latent, self.hidden = n_genes, n_latent, hidden
-        self.embed = GeneEmbedder(n_genes, hidden, value=value_embedding)
-        self.t_embed = TimestepEmbedder(hidden)
-        self.cond_embed = ConditionEmbedder(condition_specs, hidden, dropout_prob=cond_dropout)
-        self.pert_embed = (PerturbationEmbedder(n_nodes, hidden, edge_index, edge_sign, edge_type,
-                                                hops=perturbation_hops, n_kinds=int(perturbation))
-                           if perturbation else None)
+        attach_input_embedders(self, n_genes, hidden, condition_specs, cond_dropout=cond_dropout,
+                               value_embedding=value_embedding, perturbation=perturbation, n_nodes=n_nodes,
+                               edge_index=edge_index, edge_sign=edge_sign, edge_type=edge_type,
+                               perturbation_hops=perturbation_hops)
         self.cell_embed = (nn.Sequential(nn.Linear(n_genes, 4 * hidden), nn.SiLU(), nn.Linear(4 * hidden, hidden))
                            if cell_token else None)
 
