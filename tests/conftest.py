@@ -28,3 +28,19 @@ def _no_network():
     socket.socket.connect = guarded
     yield
     socket.socket.connect = real_connect
+
+
+@pytest.fixture
+def krumsiek_knockouts():
+    """krumsiek11 (fresh) with every 4th cell a Gata2 and every 4th+1 a Pu.1 knock-out, registered with
+    ``perturbation_key="perturbation"`` and ``cell_type`` as the condition."""
+    import numpy as np
+
+    import grndiff as gd
+
+    a = gd.datasets.krumsiek11()
+    labels = np.array(["control"] * a.n_obs, dtype=object)
+    labels[1::4], labels[2::4] = "Gata2", "Pu.1"
+    a.obs["perturbation"] = labels
+    gd.GRNDiff.setup_anndata(a, perturbation_key="perturbation", condition_keys=["cell_type"])
+    return a

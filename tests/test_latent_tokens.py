@@ -162,12 +162,8 @@ def test_trains_samples_with_guidance_and_round_trips_on_kang_tiny(tmp_path):
         m.get_token_activities(a[:4])
 
 
-def test_a_perturbation_model_trains_and_predicts_on_krumsiek():
-    a = gd.datasets.krumsiek11()
-    labels = np.array(["control"] * a.n_obs, dtype=object)
-    labels[1::4], labels[2::4] = "Gata2", "Pu.1"
-    a.obs["perturbation"] = labels
-    gd.GRNDiff.setup_anndata(a, perturbation_key="perturbation", condition_keys=["cell_type"])
+def test_a_perturbation_model_trains_and_predicts_on_krumsiek(krumsiek_knockouts):
+    a = krumsiek_knockouts
     m = gd.GRNDiff(a, prior=None, modules=None, backbone="latent_tokens", n_tokens=8, hidden=16, depth=1, seed=0)
     assert m.module.net.pert_embed is not None
     m.train(max_steps=8, batch_size=64, progress_bar=False, gate=False)

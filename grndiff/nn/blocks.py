@@ -103,18 +103,17 @@ class AdaLNBlock(nn.Module):
     def _residuals(self, x: torch.Tensor, mods, mixer, ctx=None, gene_major: bool = False) -> torch.Tensor:
         """The gated residual branches; ``mods`` (shift, scale, gate) ×2, broadcastable to ``x``."""
         sh1, sc1, g1, sh2, sc2, g2 = mods
+        compiled = fused.is_enabled()  # the element-wise passes through torch.compile (grndiff.nn.fused)
+        h = (fused.get("ln_modulate")(x, sh1, sc1, self.norm1.eps) if compiled
+             else _modulate(self.norm1(x), sh1, sc1))
+        x = torch.addcmul(x, g1, mixer(h))  # x + g1 · mixer(modulate(LN(x)))
         if self.cross is not None and ctx is not None and ctx.shape[1]:
-            x = torch.addcmul(x, g1, mixer(_modulate(self.norm1(x), sh1, sc1)))
             x = self.cross(x, ctx, gene_major)
-            return torch.addcmul(x, g2, self.mlp(_modulate(self.norm2(x), sh2, sc2)))
-        if not fused.is_enabled():
-            x = torch.addcmul(x, g1, mixer(_modulate(self.norm1(x), sh1, sc1)))  # x + g1 · mixer(...)
-            return torch.addcmul(x, g2, self.mlp(_modulate(self.norm2(x), sh2, sc2)))
-        # the same, with the element-wise passes compiled (grndiff.nn.fused)
-        x = torch.addcmul(x, g1, mixer(fused.get("ln_modulate")(x, sh1, sc1, self.norm1.eps)))
-        m = self.mlp
-        return fused.get("mlp_residual")(x, sh2, sc2, g2, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
-                                         self.norm2.eps)
+        if compiled:
+            m = self.mlp
+            return fused.get("mlp_residual")(x, sh2, sc2, g2, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
+                                             self.norm2.eps)
+        return torch.addcmul(x, g2, self.mlp(_modulate(self.norm2(x), sh2, sc2)))
 
 
 class GraphDiTBlock(AdaLNBlock):

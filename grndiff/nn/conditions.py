@@ -124,8 +124,7 @@ class ConditionEmbedder(nn.Module):
         any), for cross-attention conditioning; the same null tokens and dropout as :meth:`forward`."""
         if not self.specs:
             return torch.zeros(batch_size, 0, self.hidden, device=device)
-        cond = self._seen(cond, batch_size, torch.device(device) if device is not None else torch.device("cpu"),
-                          force_drop)
+        cond = self._seen(cond, batch_size, device, force_drop)
         return torch.stack([self.embedders[s.name](cond[s.name]) for s in self.specs], dim=1)
 
     def _seen(self, cond, batch_size: int, device, force_drop) -> dict[str, torch.Tensor]:
