@@ -395,10 +395,19 @@ def run_one(ds, method, seed, data, cfg, log):
     log(f"  {desc}; trained in {ts:.0f} s")
     # not clipped at 0, like the gaussian and pca_flow rows (energy_distance_clip0 scores the clipped cells)
     gen = model.sample(len(cond_df), cond_df, n_steps=n_steps, method="euler", seed=seed, clip=False,
-                       batch_size=bs * 4 if method.startswith("gene_tokens") else 1024)  # G² attention memory
+                       batch_size=bs * 4 if method.startswith("gene_tokens") else 1024,  # G² attention memory
+                       counts="nearest" if cfg.get("count_rows") else False, progress=False)
     gen.obs["group"] = labels
     gen.obs.index = gen.obs.index.astype(str)
-    return score(real_test, gen, real_all, prior_var, ds, method, seed, ts), desc
+    recs = score(real_test, gen, real_all, prior_var, ds, method, seed, ts)
+    if "counts" in gen.layers:  # <method>_counts: the same cells as counts (sample(counts="nearest")), log1p CP10k
+        from grndiff.data.normalize import log1p_cp10k
+
+        as_counts = gen.copy()
+        as_counts.X = log1p_cp10k(gen.layers["counts"])
+        del as_counts.layers["counts"]
+        recs += score(real_test, as_counts, real_all, prior_var, ds, f"{method}_counts", seed, ts)
+    return recs, desc
 
 
 # ============================================================================ output
@@ -408,18 +417,22 @@ def summary_markdown(records) -> str:
     rows.sort(key=lambda r: METRIC_ORDER.index(r["metric"]) if r["metric"] in METRIC_ORDER else 99)
     order = {m: i for i, m in enumerate(METHODS)}
     ds_order = {d: i for i, d in enumerate(DATASETS)}
-    rows.sort(key=lambda r: (ds_order.get(r["dataset"], 9), order.get(r["method"], 99)))
+    def rank(m):  # a <method>_counts row right after its method
+        base = m[: -len("_counts")] if m.endswith("_counts") else m
+        return order.get(base, 99) + (0.5 if base != m else 0.0)
+
+    rows.sort(key=lambda r: (ds_order.get(r["dataset"], 9), rank(r["method"])))
     if not rows:
         return "(no results yet)\n"
     return "\n\n".join(f"### {ds}\n\n" + seed_spread_markdown([r for r in rows if r["dataset"] == ds])
                        for ds in dict.fromkeys(r["dataset"] for r in rows)) + "\n"
 
 
-def write(records, command, extra, out_dir):
+def write(records, command, extra, out_dir, name=NAME):
     """JSON with every record (per group and seed); Markdown with the seed-averaged ``all`` rows."""
-    json_path, md_path = write_results(NAME, records, command, extra=extra, out_dir=out_dir)
+    json_path, md_path = write_results(name, records, command, extra=extra, out_dir=out_dir)
     obj = json.loads(json_path.read_text())
-    head = [f"# Benchmark: {NAME}", "", f"- command: `{obj['command']}`", f"- commit: `{obj['commit']}`",
+    head = [f"# Benchmark: {name}", "", f"- command: `{obj['command']}`", f"- commit: `{obj['commit']}`",
             f"- machine: {obj['machine']}"]
     for k, v in extra.items():
         if k not in ("notes", "models"):
@@ -506,6 +519,10 @@ def main(argv=None) -> int:
                    help="flow source of the GRNDiff rows: N(0, I) or the fitted per-group Gaussian")
     p.add_argument("--source-comps", type=int, default=100, help="principal axes k of the gaussian source")
     p.add_argument("--source-residual", type=float, default=0.5, help="residual-noise scale of the gaussian source")
+    p.add_argument("--counts", dest="count_rows", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score every GRNDiff row's cells as counts (<method>_counts: sample(counts='nearest'), "
+                        "log1p CP10k of the counts)")
+    p.add_argument("--name", default=NAME, help="results file name (default generation)")
     p.add_argument("--prediction", default=None, choices=("velocity", "data"),
                    help="network output of the GRNDiff rows (default: the model's own default)")
     args = p.parse_args(argv)
@@ -554,6 +571,7 @@ def main(argv=None) -> int:
               "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
               "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds, "jobs": args.jobs,
               "seeds_deep": args.deep_seeds, "quick": args.quick, "prediction": args.prediction,
+              "count_rows": args.count_rows,
               "source": args.source,
               "source_comps": args.source_comps, "source_residual": args.source_residual}
 
@@ -568,7 +586,7 @@ def main(argv=None) -> int:
                  "models": models}
         if args.out is None and args.quick:
             return
-        write(records, command, extra, out_dir)
+        write(records, command, extra, out_dir, args.name)
 
     jobs = []  # seed after seed (every row of seed 0, then seed 1 …): a --max-minutes cut leaves whole seeds
     for ds in datasets:
@@ -602,7 +620,7 @@ def main(argv=None) -> int:
     flush()
     print(summary_markdown(records))
     if args.out or not args.quick:
-        print(f"wrote {out_dir / (NAME + '.json')}")
+        print(f"wrote {out_dir / (args.name + '.json')}")
     return 0
 
 

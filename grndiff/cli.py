@@ -355,7 +355,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="euler", choices=["euler", "heun", "dopri5"])
     s.add_argument("--guidance", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--counts", action="store_true", help="also write a Poisson counts layer")
+    s.add_argument("--counts", nargs="?", const="nearest", default=False, choices=["nearest", "poisson"],
+                   help="also write layers['counts'] (default model 'nearest': expected counts rounded; "
+                        "'poisson': a Poisson draw)")
     s.add_argument("--out", required=True)
     e = sub.add_parser("evaluate", help="compare generated with real cells")
     e.add_argument("--real", required=True)

@@ -24,6 +24,7 @@ from ._output import annotate_output, check_predict_input, var_from_state, var_t
 from ._representation import TokenReadout
 from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
 from .data.conditions import warn_case_only_matches
+from .data.normalize import COUNT_MODELS, draw_library_sizes, library_quantiles
 from .gate import ALPHAS, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
 from .train import FlowModule, LossHistory
@@ -130,21 +131,26 @@ class GRNDiff(TokenReadout):
         # the source is fitted once, where it is used: train() on its training split, or sample()/
         # predict() of an untrained model on this AnnData (_ensure_source)
         ondisk.check_pairing(self.processor, adata, self.module.source.needs_control)  # fail before training
-        self._set_results(library_size=ondisk.median_library_size(adata, self.setup))
+        totals = ondisk.library_totals(adata, self.setup)  # None for log1p data
+        self._set_results(library_size=float(np.median(totals)) if totals is not None and totals.size else None,
+                          library_quantiles=None if totals is None else library_quantiles(totals))
 
     # What training adds to a model, as saved (the keys of the model file): one list for __init__,
     # save and from_state.
     def _set_results(self, history=None, is_trained: bool = False, gate: dict | None = None, validation=None,
-                     library_size: float | None = None) -> None:
+                     library_size: float | None = None, library_quantiles: list | None = None) -> None:
         self.history: pd.DataFrame = pd.DataFrame(history or {})
         self.is_trained = bool(is_trained)
         self.gate_: dict | None = gate  # set by train(): the validation gate's choice (grndiff.gate)
         self.validation_: pd.DataFrame = pd.DataFrame(validation or {})
         self._library_size = 1e4 if library_size is None else float(library_size)
+        # the training cells' counts per cell (0 %, 1 %, …, 100 % quantiles): generated cells' depths
+        self._library_quantiles = None if library_quantiles is None else [float(q) for q in library_quantiles]
 
     def _results(self) -> dict:
         return {"history": self.history.to_dict(orient="list"), "is_trained": self.is_trained, "gate": self.gate_,
-                "validation": self.validation_.to_dict(orient="list"), "library_size": self._library_size}
+                "validation": self.validation_.to_dict(orient="list"), "library_size": self._library_size,
+                "library_quantiles": self._library_quantiles}
 
     def _build_module(self, source=None) -> FlowModule:
         return build_module(self.config, self.graph, self.processor, source)
@@ -292,7 +298,7 @@ class GRNDiff(TokenReadout):
     @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
     def sample(self, n_cells: int, conditions: dict | pd.DataFrame | None = None, *, n_steps: int = 50,
                method: str = "euler", guidance: float = 1.0, seed: int = 0, batch_size: int = 1024,
-               counts: bool = False, clip: bool = True, progress: bool = True,
+               counts: bool | str = False, clip: bool = True, progress: bool = True,
                precision: str | None = None) -> ad.AnnData:
         """Generate ``n_cells`` cells.
 
@@ -308,7 +314,12 @@ class GRNDiff(TokenReadout):
         seed
             Same seed → bitwise identical cells on CPU.
         counts
-            Also draw a Poisson ``layers["counts"]`` at the training median library size.
+            Also write ``layers["counts"]``: integer counts for each cell at a library size drawn
+            from the training cells' counts per cell. ``True`` or ``"nearest"``: the cell's
+            expected count rounded to the nearest integer (the lattice real counts lie on; a value
+            below half a count is 0); ``"poisson"``: a Poisson draw around it (more zeros than real
+            cells). See :func:`grndiff.data.normalize.counts_from_log1p`. Models trained on log1p
+            data know no library size: 10,000 counts per cell.
         clip
             Clip the log1p values at 0 (default). ``clip=False`` returns the flow's end points as
             they are, for benchmarks whose other generators are not clipped either.
@@ -325,6 +336,7 @@ class GRNDiff(TokenReadout):
         the training data's gene annotations in ``.var``, run parameters in ``.uns["grndiff"]``.
         """
         n_cells = check_count("n_cells", n_cells)
+        counts = _count_model(counts)
         check_sampling(n_steps=n_steps, batch_size=batch_size, guidance=guidance, method=method, seed=seed)
         cond, pert, obs = self.processor.conditions.request(conditions, n_cells)
         self._ensure_source()
@@ -375,7 +387,7 @@ class GRNDiff(TokenReadout):
         obs.index = adata_ctrl.obs_names.astype(str) + "-pred"
         params = {"n_steps": n_steps, "method": method, "guidance": guidance, "seed": seed, "mode": "predict",
                   "clip": clip, "flow": flow, "flow_weight": alpha, "precision": precision}
-        return self._to_anndata(x, obs, params, counts=False, seed=seed, clip=clip, like=adata_ctrl)
+        return self._to_anndata(x, obs, params, counts=None, seed=seed, clip=clip, like=adata_ctrl)
 
     @property
     def flow_weight(self) -> float:
@@ -383,14 +395,20 @@ class GRNDiff(TokenReadout):
         gate = getattr(self, "gate_", None)
         return 1.0 if not gate else float(gate["alpha"])
 
-    def _to_anndata(self, x_scaled: torch.Tensor, obs: pd.DataFrame, params: dict, *, counts: bool, seed: int,
+    def _to_anndata(self, x_scaled: torch.Tensor, obs: pd.DataFrame, params: dict, *, counts: str | None, seed: int,
                     clip: bool = True, like: ad.AnnData | None = None) -> ad.AnnData:
         """The output AnnData; ``.var`` keeps the gene annotations (of ``like``, the cells given to
         ``predict``, else of the training data) and ``.obs`` the other columns of ``like.obs``."""
         uns = {"params": {**params, "backbone": self.config["backbone"], "source": self.config["source"]["name"],
                           "version": __version__}}
-        out = self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed,
-                                        library_size=self._library_size if counts else None)
+        library = None
+        if counts:
+            q = getattr(self, "_library_quantiles", None)  # None: saved before 0.x kept them, or log1p data
+            library = (draw_library_sizes(q, x_scaled.shape[0], np.random.default_rng([seed, 1])) if q
+                       else self._library_size)
+            uns["params"]["counts"] = counts
+        out = self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed, library_size=library,
+                                        count_model=counts or "nearest")
         return annotate_output(out, var=like.var if like is not None else self._training_var(), like=like)
 
     def _training_var(self) -> pd.DataFrame | None:
@@ -458,3 +476,14 @@ def _names_seed(source) -> bool:
     """Whether ``source`` fixes its own seed (a Source object, or a config dict with ``seed``)."""
     from .flow import Source
     return isinstance(source, Source) or (isinstance(source, dict) and "seed" in source)
+
+
+def _count_model(counts) -> str | None:
+    """``sample(counts=...)`` → a count model name, or ``None`` for no counts layer."""
+    if counts is False or counts is None:
+        return None
+    if counts is True:
+        return "nearest"
+    if isinstance(counts, str) and counts in COUNT_MODELS:
+        return counts
+    raise ValueError(f"counts={counts!r}: pass False, True (= 'nearest') or one of {COUNT_MODELS}")

@@ -372,18 +372,23 @@ def fit_scaler(processor, adata):
                             target_sum=processor.target_sum, min_std=processor.min_std)
 
 
-def median_library_size(adata, setup: dict) -> float:
-    """Median counts per cell of the registered layer (1e4 for log1p data), streamed when backed."""
+def library_totals(adata, setup: dict) -> np.ndarray | None:
+    """Counts per cell (N,) of the registered layer, streamed when backed; ``None`` for log1p data
+    (their library sizes are gone)."""
     if setup.get("value_kind", "counts") != "counts":
-        return 1e4
+        return None
     layer = setup.get("layer")
     if streams(adata, layer):
         reader = BackedCSR(adata.filename, None)
         try:
-            tot = np.concatenate([np.asarray(b.sum(1)).ravel() for _, b in reader.blocks(BLOCK)])
+            return np.concatenate([np.asarray(b.sum(1)).ravel() for _, b in reader.blocks(BLOCK)])
         finally:
             reader.close()
-    else:
-        X = adata.layers[layer] if layer else adata.X
-        tot = np.asarray(X.sum(1)).ravel()
-    return float(np.median(tot)) if tot.size else 1e4
+    X = adata.layers[layer] if layer else adata.X
+    return np.asarray(X.sum(1)).ravel()
+
+
+def median_library_size(adata, setup: dict) -> float:
+    """Median counts per cell of the registered layer (1e4 for log1p data), streamed when backed."""
+    tot = library_totals(adata, setup)
+    return float(np.median(tot)) if tot is not None and tot.size else 1e4

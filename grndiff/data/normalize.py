@@ -284,3 +284,58 @@ class GeneScaler:
     def from_state(cls, state: dict) -> GeneScaler:
         as_np = lambda v: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)  # noqa: E731
         return cls(as_np(state["mean"]), as_np(state["std"]), min_std=state.get("min_std", MIN_STD))
+
+
+# ---------------------------------------------------------------------------- counts from log1p values
+COUNT_MODELS = ("nearest", "poisson")
+N_LIBRARY_QUANTILES = 101  # the library-size distribution a model keeps (0 %, 1 %, …, 100 %)
+
+
+def library_quantiles(totals) -> list[float]:
+    """The 0 %, 1 %, …, 100 % quantiles of the counts per cell ``totals`` (N,): what a model keeps
+    to draw the library sizes of generated cells (:func:`draw_library_sizes`)."""
+    totals = np.asarray(totals, dtype=np.float64).ravel()
+    totals = totals[totals > 0]
+    if not totals.size:
+        return [1e4] * N_LIBRARY_QUANTILES
+    return np.quantile(totals, np.linspace(0.0, 1.0, N_LIBRARY_QUANTILES)).tolist()
+
+
+def draw_library_sizes(quantiles, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` library sizes (n,) drawn from the distribution whose quantiles are ``quantiles``
+    (inverse-CDF sampling, linear between the stored quantiles)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    return np.interp(rng.uniform(0.0, 1.0, n), np.linspace(0.0, 1.0, q.size), q)
+
+
+def counts_from_log1p(X, library_size, *, model: str = "nearest", target_sum: float = 1e4,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """Counts for cells given as log1p(CP``target_sum``) values: the inverse of :func:`log1p_cp10k`.
+
+    Parameters
+    ----------
+    X
+        (N, G) log1p-normalised values; negative values are read as 0.
+    library_size
+        Counts per cell: a number, or (N,) one per cell.
+    model
+        ``"nearest"``: the expected count ``expm1(x) · library / target_sum`` rounded to the nearest
+        integer, the value a real cell on that lattice would hold (a generated value below half a
+        count becomes 0). ``"poisson"``: a Poisson draw with that mean (adds sampling noise on
+        top of the cell's own: more zeros than real cells at low counts).
+    rng
+        The random generator for ``"poisson"``.
+
+    Returns
+    -------
+    (N, G) float32 non-negative integers.
+    """
+    if model not in COUNT_MODELS:
+        raise ValueError(f"count model {model!r}: choose one of {COUNT_MODELS}")
+    X = np.clip(np.asarray(X, dtype=np.float64), 0.0, None)
+    lib = np.asarray(library_size, dtype=np.float64)
+    lib = lib.reshape(-1, 1) if lib.ndim else lib
+    mean = np.expm1(X) * (lib / target_sum)  # (N, G)
+    if model == "nearest":
+        return np.floor(mean + 0.5).astype(np.float32)
+    return (rng or np.random.default_rng(0)).poisson(mean).astype(np.float32)

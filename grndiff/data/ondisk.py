@@ -25,6 +25,7 @@ from .backed import (  # noqa: F401  (the streamed helpers, re-exported: ondisk.
     BackedDataModule,
     detect_kind_streamed,
     fit_scaler,
+    library_totals,
     median_library_size,
     streams,
 )

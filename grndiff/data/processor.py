@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .backed import fit_scaler, streams
 from .condition_set import ConditionSet
-from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k
+from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, counts_from_log1p, detect_kind, log1p_cp10k
 from .setup import get_setup, upgrade_setup
 
 log = logging.getLogger("grndiff")
@@ -210,11 +210,12 @@ class ExpressionProcessor:
         return None
 
     # ----------------------------------------------------------------- state
-    def to_anndata(self, x_scaled: np.ndarray, obs, uns: dict, *, clip: bool = True, library_size: float | None = None,
-                   seed: int = 0):
+    def to_anndata(self, x_scaled: np.ndarray, obs, uns: dict, *, clip: bool = True, library_size=None,
+                   seed: int = 0, count_model: str = "nearest"):
         """Cells in the scaled space (B, G) → an AnnData of log1p-normalised values (clipped at 0
-        when ``clip``), ``obs`` categoricals, ``uns["grndiff"] = uns``, and, with ``library_size``,
-        a Poisson ``layers["counts"]`` at that depth."""
+        when ``clip``), ``obs`` categoricals, ``uns["grndiff"] = uns``, and, with ``library_size``
+        (a number or (B,) one per cell), ``layers["counts"]`` at that depth
+        (:func:`~grndiff.data.normalize.counts_from_log1p` with ``count_model``)."""
         import anndata as ad
         import pandas as pd
 
@@ -230,8 +231,8 @@ class ExpressionProcessor:
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(list(self.genes), dtype=str)))
         out.uns["grndiff"] = uns
         if library_size is not None:
-            rate = np.expm1(np.clip(X, 0.0, None)) / self.target_sum * library_size
-            out.layers["counts"] = np.random.default_rng(seed).poisson(rate).astype(np.float32)
+            out.layers["counts"] = counts_from_log1p(X, library_size, model=count_model, target_sum=self.target_sum,
+                                                     rng=np.random.default_rng(seed))
         return out
 
     def to_state(self) -> dict:
