@@ -31,7 +31,7 @@ from .train import FlowModule, LossHistory
 from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
 from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, default_epochs, describe
 from .train.quiet import console_kwargs, quiet
-from .train.runtime import cpu_runtime
+from .train.runtime import model_runtime
 
 log = logging.getLogger("grndiff")
 
@@ -176,7 +176,7 @@ class GRNDiff(TokenReadout):
                 f"flow {gate['flow']:.3f})")
 
     # ---------------------------------------------------------------- training
-    @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
+    @model_runtime  # every usable core, freed memory kept mapped when small (grndiff/train/runtime.py)
     def train(self, max_epochs: int | None = None, *, max_steps: int = -1, batch_size: int = 64,
               val_fraction: float = 0.1, split_seed: int | None = None, stratify_key: str | None = None,
               holdout: dict | None = None, accelerator: str = "auto", devices: Any = 1,
@@ -295,7 +295,7 @@ class GRNDiff(TokenReadout):
         self.module.cpu()
 
     # ---------------------------------------------------------------- sampling
-    @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
+    @model_runtime  # every usable core, freed memory kept mapped when small (grndiff/train/runtime.py)
     def sample(self, n_cells: int, conditions: dict | pd.DataFrame | None = None, *, n_steps: int = 50,
                method: str = "euler", guidance: float = 1.0, seed: int = 0, batch_size: int = 1024,
                counts: bool | str = False, clip: bool = True, progress: bool = True,
@@ -348,7 +348,7 @@ class GRNDiff(TokenReadout):
                   "clip": clip, "precision": precision}
         return self._to_anndata(x, obs, params, counts=counts, seed=seed, clip=clip)
 
-    @cpu_runtime()  # every usable core, large tensors kept mapped (grndiff/train/runtime.py)
+    @model_runtime  # every usable core, freed memory kept mapped when small (grndiff/train/runtime.py)
     def predict(self, adata_ctrl: ad.AnnData, conditions: dict, *, n_steps: int = 50, method: str = "euler",
                 guidance: float = 1.0, seed: int = 0, batch_size: int = 1024, clip: bool = True,
                 progress: bool = False, flow: bool | None = None, precision: str | None = None) -> ad.AnnData:

@@ -124,6 +124,40 @@ def test_cpu_runtime_uses_every_free_core_unless_the_user_chose(monkeypatch):
         assert torch.get_num_threads() == before
 
 
+def test_freed_memory_is_kept_only_for_models_below_the_checkpoint_size(monkeypatch):
+    """The heap policy (no fresh mmap per large tensor) fragments memory on large models: it is
+    chosen by the size of one 64-cell node-state tensor, the same size that turns checkpointing on."""
+    from grndiff.nn import GRNTransformer
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+
+    monkeypatch.setattr(runtime, "_libc", lambda: FakeLibc())
+    assert runtime.KEEP_FREED_MAX_VALUES == GRNTransformer.checkpoint_above
+    seen = []
+
+    class Model:
+        def __init__(self, genes, hidden):
+            self.module = type("M", (), {"net": type("N", (), {"n_genes": genes, "n_latent": 0, "hidden": hidden})()})()
+
+        @runtime.model_runtime
+        def train(self):
+            seen.append(list(calls))
+            return "done"
+
+    assert Model(7000, 32).train() == "done" and (runtime._M_MMAP_MAX, 0) in seen[-1]  # 57 MB tensors: heap
+    assert ("trim", 0) in calls  # and the defaults come back after
+    calls.clear()
+    assert Model(20000, 32).train() == "done" and seen[-1] == [] and calls == []  # 164 MB: glibc's default
+    assert runtime.node_state_values(torch.nn.Linear(2, 2)) == 0  # no gene tokens: small
+
+
 def test_busy_elsewhere_counts_other_runnable_processes():
     """Two spinning child processes are seen as (about) two busy cores; this process's own threads are not."""
     import subprocess
