@@ -24,7 +24,7 @@ from ._output import annotate_output, check_predict_input, var_from_state, var_t
 from ._representation import TokenReadout
 from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
 from .data.conditions import warn_case_only_matches
-from .data.normalize import COUNT_MODELS, draw_library_sizes, library_quantiles
+from .data.normalize import COUNT_MODELS, library_quantiles
 from .gate import ALPHAS, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
 from .train import FlowModule, LossHistory
@@ -314,12 +314,13 @@ class GRNDiff(TokenReadout):
         seed
             Same seed → bitwise identical cells on CPU.
         counts
-            Also write ``layers["counts"]``: integer counts for each cell at a library size drawn
-            from the training cells' counts per cell. ``True`` or ``"nearest"``: the cell's
-            expected count rounded to the nearest integer (the lattice real counts lie on; a value
-            below half a count is 0); ``"poisson"``: a Poisson draw around it (more zeros than real
-            cells). See :func:`grndiff.data.normalize.counts_from_log1p`. Models trained on log1p
-            data know no library size: 10,000 counts per cell.
+            Also write ``layers["counts"]``: integer counts for each cell at its own library size,
+            read off its values and kept within the training cells' depths
+            (:func:`grndiff.data.normalize.estimate_library_sizes`). ``True`` or ``"nearest"``:
+            the expected count rounded to the nearest integer (the lattice real counts lie on; a
+            value below half a count is 0); ``"poisson"``: a Poisson draw around it (more zeros
+            than real cells). Models trained on log1p data know no library size: 10,000 counts
+            per cell.
         clip
             Clip the log1p values at 0 (default). ``clip=False`` returns the flow's end points as
             they are, for benchmarks whose other generators are not clipped either.
@@ -401,14 +402,15 @@ class GRNDiff(TokenReadout):
         ``predict``, else of the training data) and ``.obs`` the other columns of ``like.obs``."""
         uns = {"params": {**params, "backbone": self.config["backbone"], "source": self.config["source"]["name"],
                           "version": __version__}}
-        library = None
+        library, quantiles = None, None
         if counts:
-            q = getattr(self, "_library_quantiles", None)  # None: saved before 0.x kept them, or log1p data
-            library = (draw_library_sizes(q, x_scaled.shape[0], np.random.default_rng([seed, 1])) if q
-                       else self._library_size)
+            # each cell's own depth, within the training cells' range; a model saved before the depths
+            # were kept (or trained on log1p data: 1e4 everywhere) uses its median depth
+            quantiles = getattr(self, "_library_quantiles", None)
+            library = None if quantiles else self._library_size
             uns["params"]["counts"] = counts
         out = self.processor.to_anndata(x_scaled.numpy(), obs, uns, clip=clip, seed=seed, library_size=library,
-                                        count_model=counts or "nearest")
+                                        count_model=counts or "nearest", library_quantiles=quantiles)
         return annotate_output(out, var=like.var if like is not None else self._training_var(), like=like)
 
     def _training_var(self) -> pd.DataFrame | None:

@@ -1,5 +1,5 @@
-"""Counts out of generated cells: the lattice (nearest) and Poisson count models, library sizes
-drawn from the training cells, and ``sample(counts=...)`` end to end."""
+"""Counts out of generated cells: the lattice (nearest) and Poisson count models, each cell's
+library size read off its own values, and ``sample(counts=...)`` end to end."""
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 import grndiff as gd
-from grndiff.data.normalize import counts_from_log1p, draw_library_sizes, library_quantiles, log1p_cp10k
+from grndiff.data.normalize import (counts_from_log1p, draw_library_sizes, estimate_library_sizes, library_quantiles,
+                                    log1p_cp10k)
 from grndiff.model import GRNDiff
 
 
@@ -43,11 +44,33 @@ def test_library_sizes_follow_the_training_distribution():
     assert np.quantile(drawn, 0.9) == pytest.approx(np.quantile(totals, 0.9), rel=0.03)
 
 
+def test_each_cell_depth_is_read_off_its_own_lattice():
+    """Shallow cells (most detected genes hold 1–2 counts): the estimate is the true depth; rounding
+    with it gives the counts back, where a depth drawn from the training range does not."""
+    rng = np.random.default_rng(4)
+    depth = rng.lognormal(7.0, 0.4, size=300)
+    counts = rng.poisson(depth[:, None] * rng.dirichlet(np.full(2000, 0.3))[None, :]).astype(np.float32)
+    counts[:, 0] += 1
+    totals = counts.sum(1)
+    X = log1p_cp10k(counts)
+    q = library_quantiles(totals)
+    est = estimate_library_sizes(X, q)
+    inside = (totals >= q[1]) & (totals <= q[99])
+    assert np.allclose(est[inside], totals[inside], rtol=1e-4)
+    assert est.min() >= q[1] and est.max() <= q[99]
+    back = counts_from_log1p(X, est)
+    assert np.array_equal(back[inside], counts[inside])
+    drawn = counts_from_log1p(X, draw_library_sizes(q, len(X), np.random.default_rng(5)))
+    assert (drawn[inside] != counts[inside]).mean() > 10 * (back[inside] != counts[inside]).mean() + 1e-3
+    empty = estimate_library_sizes(np.zeros((3, 5)), q)  # nothing detected: a depth from the training range
+    assert ((empty >= q[1]) & (empty <= q[99])).all()
+
+
 @pytest.fixture(scope="module")
 def counts_model():
     base = gd.datasets.krumsiek11()
     rng = np.random.default_rng(0)
-    depth = rng.choice([200.0, 2000.0], size=120)  # two very different depths
+    depth = rng.choice([12.0, 40.0], size=120)  # shallow, two depths: one-count genes in every cell
     X = rng.poisson(depth[:, None] / base.n_vars, size=(120, base.n_vars)).astype(np.float32)
     obs = pd.DataFrame({"cell_type": pd.Categorical(rng.choice(["A", "B"], 120))},
                        index=[f"c{i}" for i in range(120)])
@@ -64,10 +87,10 @@ def test_sample_counts_are_integers_at_the_training_depths(counts_model, tmp_pat
     c = gen.layers["counts"]
     assert c.shape == gen.shape and np.array_equal(c, np.round(c)) and c.min() >= 0
     assert gen.uns["grndiff"]["params"]["counts"] == "nearest"
-    depth = c.sum(1)  # the two training depths come back, not one median depth for every cell
-    assert (depth < 600).mean() > 0.2 and (depth > 1200).mean() > 0.2
-    # nearest: the counts are the log1p values' own lattice (log1p of them gives X back, at the cell's depth)
-    assert np.allclose(np.log1p(c / depth[:, None] * 1e4), gen.X, atol=0.35)
+    lo, hi = np.quantile(totals, [0.01, 0.99])
+    big = c >= 10  # the depth each cell was rounded at: count / expm1(x) · 1e4, within the training depths
+    depth = c[big] / np.expm1(gen.X[big]) * 1e4
+    assert big.sum() > 100 and depth.min() >= 0.9 * lo and depth.max() <= 1.1 * hi
     pois = model.sample(400, {"cell_type": "A"}, n_steps=2, seed=0, counts="poisson", progress=False)
     assert np.array_equal(pois.X, gen.X) and not np.array_equal(pois.layers["counts"], c)
     assert "counts" not in model.sample(5, n_steps=2, seed=0, progress=False).layers

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .backed import fit_scaler, streams
 from .condition_set import ConditionSet
-from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, counts_from_log1p, detect_kind, log1p_cp10k
+from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, counts_from_log1p, detect_kind, estimate_library_sizes, log1p_cp10k
 from .setup import get_setup, upgrade_setup
 
 log = logging.getLogger("grndiff")
@@ -211,11 +211,13 @@ class ExpressionProcessor:
 
     # ----------------------------------------------------------------- state
     def to_anndata(self, x_scaled: np.ndarray, obs, uns: dict, *, clip: bool = True, library_size=None,
-                   seed: int = 0, count_model: str = "nearest"):
+                   seed: int = 0, count_model: str = "nearest", library_quantiles=None):
         """Cells in the scaled space (B, G) → an AnnData of log1p-normalised values (clipped at 0
         when ``clip``), ``obs`` categoricals, ``uns["grndiff"] = uns``, and, with ``library_size``
-        (a number or (B,) one per cell), ``layers["counts"]`` at that depth
-        (:func:`~grndiff.data.normalize.counts_from_log1p` with ``count_model``)."""
+        (a number or (B,) one per cell) or ``library_quantiles`` (the training depths: each cell's
+        own is estimated, :func:`~grndiff.data.normalize.estimate_library_sizes`),
+        ``layers["counts"]`` at that depth (:func:`~grndiff.data.normalize.counts_from_log1p`
+        with ``count_model``)."""
         import anndata as ad
         import pandas as pd
 
@@ -230,6 +232,9 @@ class ExpressionProcessor:
                 obs[k] = pd.Categorical(obs[k].astype(str).where(obs[k].notna()))
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(list(self.genes), dtype=str)))
         out.uns["grndiff"] = uns
+        if library_size is None and library_quantiles is not None:
+            library_size = estimate_library_sizes(X, library_quantiles, target_sum=self.target_sum,
+                                                  rng=np.random.default_rng([seed, 1]))
         if library_size is not None:
             out.layers["counts"] = counts_from_log1p(X, library_size, model=count_model, target_sum=self.target_sum,
                                                      rng=np.random.default_rng(seed))
