@@ -7,8 +7,13 @@ import pytest
 import scipy.sparse as sp
 
 import grndiff as gd
-from grndiff.data.normalize import (counts_from_log1p, draw_library_sizes, estimate_library_sizes, library_quantiles,
-                                    log1p_cp10k)
+from grndiff.data.normalize import (
+    counts_from_log1p,
+    draw_library_sizes,
+    estimate_library_sizes,
+    library_quantiles,
+    log1p_cp10k,
+)
 from grndiff.model import GRNDiff
 
 

@@ -14,7 +14,16 @@ import scipy.sparse as sp
 
 from .backed import fit_scaler, streams
 from .condition_set import ConditionSet
-from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, counts_from_log1p, detect_kind, estimate_library_sizes, log1p_cp10k
+from .normalize import (
+    LOG_MAX,
+    MIN_STD,
+    GeneScaler,
+    check_values,
+    counts_from_log1p,
+    detect_kind,
+    estimate_library_sizes,
+    log1p_cp10k,
+)
 from .setup import get_setup, upgrade_setup
 
 log = logging.getLogger("grndiff")
