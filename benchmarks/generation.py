@@ -23,6 +23,9 @@ Methods (rows)
 ``pca_flow``           the same MLP flow (``grndiff.nn.MLPVelocity`` + ``grndiff.flow``, same optimiser,
                        schedule and EMA) on the 50 standardised PC scores of the training cells, decoded
                        with the PCA (not clipped)
+``latent_nb``          a latent flow with a count decoder (``grndiff.baselines.LatentNBFlow``): an NB
+                       autoencoder (32-wide state, 2,000 steps), the ``pca_flow`` MLP flow in its state,
+                       NB counts at a library size drawn from the group's training cells, CP10k + log1p
 ``gene_tokens``        every gene a token, full attention (memory O(B·H·G²)); smaller batch
 ``modules_only``       Hallmark tokens, no gene graph
 ``latent_tokens``      64 learned latent tokens reading the genes by cross-attention (Perceiver IO), no graph
@@ -71,7 +74,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 import warnings
@@ -86,7 +88,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 NAME = "generation"
 SAVE_DIR: Path | None = None  # --save-generated: write every generated AnnData here
 CHEAP = ("real_vs_real", "gaussian", "gaussian_source", "gaussian_source_scaled", "mlp", "pca_flow")
-METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "gene_tokens", "modules_only",
+METHODS = ("real_vs_real", "gaussian", "gaussian_source", "scvi", "mlp", "pca_flow", "latent_nb", "gene_tokens",
+           "modules_only",
            "latent_tokens", "ssm", "grndiff_cross",
            "grndiff", "grndiff_noise", "grndiff_nomodules", "grndiff_learned", "grndiff_nocell", "grndiff_shuffled",
            "grndiff_random",
@@ -210,53 +213,18 @@ def _train_pca_flow(Xtrain, labels_df, *, n_pcs, steps, seed, batch_size, lr, em
     """MLP rectified flow on standardised PC scores; returns a sampler ``f(cond_df, seed) -> (B, G)``."""
     import torch
 
-    from grndiff import flow
+    from grndiff.baselines import train_vector_flow
     from grndiff.metrics import fit_pca
-    from grndiff.nn import MLPVelocity
-    from grndiff.train.ema import EMA
 
-    torch.manual_seed(seed)
     pca = fit_pca(Xtrain, n=n_pcs, seed=seed)
     Z = pca.transform(Xtrain)  # (B, K)
     mu, sd = Z.mean(0), Z.std(0) + 1e-6
-    Zs = torch.as_tensor((Z - mu) / sd, dtype=torch.float32)  # (B, K)
-    cats = {k: pd.Categorical(labels_df[k].astype(str)).categories for k in labels_df.columns}
-    specs = [{"name": k, "kind": "categorical", "n_categories": len(c)} for k, c in cats.items()]
-
-    def encode(df):  # 0 = null token, 1..K = categories (as grndiff.data)
-        return {k: torch.as_tensor(pd.Categorical(df[k].astype(str), categories=c).codes + 1, dtype=torch.long)
-                for k, c in cats.items()}
-
-    cond_all = encode(labels_df)
-    net = MLPVelocity(Zs.shape[1], specs, hidden=hidden, depth=depth)
-    ema = EMA(net, ema_decay)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    warm = min(100, max(steps // 10, 1))  # the FlowModule schedule: linear warm-up, cosine to 5 %
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else
-        0.05 + 0.475 * (1 + math.cos(math.pi * min((s - warm) / max(steps - warm, 1), 1))))
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, Zs.shape[0], (batch_size,), generator=gen)
-        x1 = Zs[idx]
-        x0 = torch.randn(x1.shape, generator=gen)
-        t = flow.sample_time(batch_size, schedule="logit_normal", generator=gen)
-        v = net(flow.interpolate(x0, x1, t), t, {k: c[idx] for k, c in cond_all.items()})
-        loss = flow.flow_loss(v, flow.target_velocity(x0, x1))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.update(net)
-    shadow = ema.shadow.eval()
+    flow_sample = train_vector_flow(torch.as_tensor((Z - mu) / sd, dtype=torch.float32), labels_df, steps=steps,
+                                    seed=seed, batch_size=batch_size, lr=lr, ema_decay=ema_decay, hidden=hidden,
+                                    depth=depth)
 
     def sample(cond_df, sample_seed, n_steps):
-        c = encode(cond_df)
-        x0 = flow.seeded_noise((len(cond_df), Zs.shape[1]), sample_seed)
-        with torch.no_grad():
-            z = flow.sample_ode(lambda x, t: shadow(x, t, c), x0, method="euler", n_steps=n_steps).numpy()
+        z = flow_sample(cond_df, sample_seed, n_steps)
         return (z * sd + mu) @ pca.components + pca.mean  # (B, G), not clipped
     return sample
 
@@ -373,6 +341,19 @@ def run_one(ds, method, seed, data, cfg, log):
         gen = _generated_anndata(Xg, labels, real_test.var, keys)
         return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
                 f"MLPVelocity on {cfg['n_pcs_flow']} PCs")
+    if method == "latent_nb":
+        from grndiff.baselines import LatentNBFlow
+
+        t0 = time.time()
+        train = adata[train_idx]
+        lnb = LatentNBFlow(32, ae_steps=cfg.get("ae_steps", 2000), flow_steps=cfg["steps"], hidden=cfg["mlp_hidden"],
+                           batch_size=cfg["batch_size"], lr=cfg["lr"], ema_decay=cfg["ema_decay"], seed=seed)
+        lnb.fit(train.layers["counts"], train.obs[keys])
+        ts = time.time() - t0
+        Xg, _ = lnb.sample(cond_df, seed=seed, n_steps=cfg["n_steps"])
+        gen = _generated_anndata(Xg, labels, real_test.var, keys)
+        return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
+                f"LatentNBFlow(32, ae_steps={lnb.ae_steps}, flow_steps={lnb.flow_steps})")
     # GRNDiff backbones
     train = adata[train_idx].copy()
     GRNDiff.setup_anndata(train, layer="counts", condition_keys=keys, symbol_key=symbol_key)
@@ -522,6 +503,7 @@ def main(argv=None) -> int:
     p.add_argument("--counts", dest="count_rows", action=argparse.BooleanOptionalAction, default=True,
                    help="also score every GRNDiff row's cells as counts (<method>_counts: sample(counts='nearest'), "
                         "log1p CP10k of the counts)")
+    p.add_argument("--ae-steps", type=int, default=2000, help="autoencoder steps of the latent_nb row")
     p.add_argument("--name", default=NAME, help="results file name (default generation)")
     p.add_argument("--prediction", default=None, choices=("velocity", "data"),
                    help="network output of the GRNDiff rows (default: the model's own default)")
@@ -543,6 +525,7 @@ def main(argv=None) -> int:
     if args.quick:
         datasets = ["kang2018"]
         args.steps, args.steps_ctrl, args.seeds, args.deep_seeds = 30, 30, 1, 1
+        args.ae_steps = 30
         args.n_steps, args.scvi_epochs = 5, 5
         if args.methods == ",".join(METHODS):
             methods = ["real_vs_real", "gaussian", "mlp", "pca_flow", "grndiff"]
@@ -571,7 +554,7 @@ def main(argv=None) -> int:
               "gene_tokens_batch": args.gene_tokens_batch, "lr": args.lr, "ema_decay": args.ema_decay,
               "n_steps": args.n_steps, "scvi_epochs": args.scvi_epochs, "seeds_cheap": args.seeds, "jobs": args.jobs,
               "seeds_deep": args.deep_seeds, "quick": args.quick, "prediction": args.prediction,
-              "count_rows": args.count_rows,
+              "count_rows": args.count_rows, "ae_steps": args.ae_steps,
               "source": args.source,
               "source_comps": args.source_comps, "source_residual": args.source_residual}
 
