@@ -155,6 +155,8 @@ def test_freed_memory_is_kept_only_for_models_below_the_checkpoint_size(monkeypa
     assert ("trim", 0) in calls  # and the defaults come back after
     calls.clear()
     assert Model(20000, 32).train() == "done" and seen[-1] == [] and calls == []  # 164 MB: glibc's default
+    monkeypatch.setenv("GRNDIFF_MALLOC", "heap")  # the user's choice: speed over memory
+    assert Model(20000, 32).train() == "done" and (runtime._M_MMAP_MAX, 0) in seen[-1]
     assert runtime.node_state_values(torch.nn.Linear(2, 2)) == 0  # no gene tokens: small
 
 

@@ -19,13 +19,14 @@
   next step (``M_TRIM_THRESHOLD``); on exit the defaults come back and the heap is trimmed.
   ``GRNDIFF_MALLOC=0`` turns this off. The same effect for any program:
   ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 python ...``.
-  The heap fragments, though: at G = 20,000 (node-state tensors of 164 MB, blocks checkpointed) a
-  training step peaked at 6.8 GB from the heap against 4.0 GB with glibc's default. So
+  The heap fragments, though: at G = 20,000 (node-state tensors of 164 MB, blocks checkpointed) one
+  training step peaked at 8.0 GB from the heap against 3.9 GB with glibc's default. So
   :func:`model_runtime` keeps freed memory only while a 64-cell node-state tensor stays at or below
   :data:`KEEP_FREED_MAX_VALUES` (64 MB, the size above which the blocks are checkpointed: G ≤ 8,192
-  at hidden 32); larger models keep glibc's default (memory bounded, more page faults). With
-  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` set before Python starts, those fresh mappings come as
-  2 MB pages and most of the fault cost goes away.
+  at hidden 32); larger models keep glibc's default: memory bounded, at the cost of the page
+  faults (a G = 20,000 step took ~2× the time on one thread, a third of it system time; the figures
+  are in ``benchmarks/results/speed_memory.md``). ``GRNDIFF_MALLOC=heap`` keeps freed memory at
+  every size (speed over memory), ``GRNDIFF_MALLOC=0`` never.
 """
 from __future__ import annotations
 
@@ -138,12 +139,21 @@ def node_state_values(net, batch: int = 64) -> int:
     return genes * int(getattr(net, "hidden", 0) or 0) * batch
 
 
+def keep_freed_memory(net) -> bool:
+    """Whether :func:`model_runtime` keeps freed memory for ``net``: while its node-state tensors are
+    at most :data:`KEEP_FREED_MAX_VALUES`, or always with ``GRNDIFF_MALLOC=heap`` (speed over
+    memory on a large model)."""
+    if os.environ.get("GRNDIFF_MALLOC") == "heap":
+        return True
+    return node_state_values(net) <= KEEP_FREED_MAX_VALUES
+
+
 def model_runtime(fn):
-    """Decorator for a model method: :func:`cpu_runtime`, keeping freed memory only while the model's
-    node-state tensors are at most :data:`KEEP_FREED_MAX_VALUES` (``self.module.net``)."""
+    """Decorator for a model method: :func:`cpu_runtime`, keeping freed memory where
+    :func:`keep_freed_memory` says so (``self.module.net``)."""
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         net = getattr(getattr(self, "module", None), "net", None)
-        with cpu_runtime(keep_freed=node_state_values(net) <= KEEP_FREED_MAX_VALUES):
+        with cpu_runtime(keep_freed=keep_freed_memory(net)):
             return fn(self, *args, **kwargs)
     return wrapper
