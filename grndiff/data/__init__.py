@@ -28,7 +28,17 @@ from .conditions import (
 )
 from .datamodule import GRNDataModule, holdout_mask, split_indices
 from .dataset import BatchIndex, CellBatchSampler, CellDataset, ControlPairing, match_groups
-from .normalize import LOG_MAX, MIN_STD, GeneScaler, check_values, detect_kind, log1p_cp10k, log1p_normalized_copy
+from .normalize import (
+    LOG_MAX,
+    MIN_STD,
+    GeneScaler,
+    check_values,
+    counts_from_log1p,
+    detect_kind,
+    estimate_library_sizes,
+    log1p_cp10k,
+    log1p_normalized_copy,
+)
 from .perturbation import PerturbationEncoder, perturbed_genes
 from .processor import CellData, ExpressionProcessor
 from .setup import get_setup, setup_anndata
@@ -42,4 +52,5 @@ __all__ = [
     "HierarchicalEncoder", "LOG_MAX", "MIN_STD", "PerturbationEncoder", "SetEncoder", "UnknownConditionError",
     "check_values", "detect_kind", "get_setup", "holdout_mask", "log1p_cp10k", "log1p_normalized_copy",
     "match_groups", "perturbed_genes", "setup_anndata", "split_combo", "split_indices", "streaming_scaler",
+    "counts_from_log1p", "estimate_library_sizes",
 ]
