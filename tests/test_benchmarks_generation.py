@@ -34,7 +34,7 @@ def test_schema(quick_result):
     recs = obj["records"]
     assert recs and all(set(r) == FIELDS for r in recs)
     assert all(isinstance(r["value"], (int, float)) or r["value"] is None for r in recs)
-    assert {r["method"] for r in recs} == {"real_vs_real", "gaussian", "grndiff"}
+    assert {r["method"] for r in recs} == {"real_vs_real", "gaussian", "grndiff", "grndiff_counts"}
     metrics = {r["metric"] for r in recs}
     assert {"energy_distance", "mmd_rbf", "w2", "classifier_auc", "mean_pearson", "var_pearson",
             "zero_frac_error", "marker_overlap", "tf_target_corr", "tf_target_corr_pooled"} <= metrics
@@ -43,6 +43,14 @@ def test_schema(quick_result):
     groups = {r["group"] for r in recs}
     assert "all" in groups and len(groups) > 2  # per-group rows and the average
     assert "| real_vs_real |" in md and str(ROOT) not in md and str(ROOT) not in json.dumps(obj)
+
+
+def test_counts_row_has_the_zeros_the_log1p_values_lack(quick_result):
+    """grndiff_counts = the same cells as counts (sample(counts="nearest")): exact zeros come back."""
+    obj, md = quick_result
+    zero = {r["method"]: r["value"] for r in obj["records"] if r["metric"] == "zero_frac_error" and r["group"] == "all"}
+    assert zero["grndiff_counts"] < zero["grndiff"] - 0.1
+    assert md.index("| grndiff |") < md.index("| grndiff_counts |")  # right after its method
 
 
 def test_real_vs_real_below_gaussian(quick_result):
