@@ -182,3 +182,55 @@ def test_auto_coupling_is_lowrank_for_perturbations_seen_in_several_contexts_res
                                r2.pair(xk[sel], csel, None, xk[:int(sel.sum())]))
     w = torch.randn(int(sel.sum()), G)
     torch.testing.assert_close(a2.constrain(w, csel, None), w)
+
+
+def _knockouts(seed=0, n=80):
+    """One context; control + knock-outs of genes 3, 4, 5, 6 (perturbed-node index in ``pert``),
+    each lowering its own gene by 2 (scaled units) and raising gene 0 by 1; gene 7's knock-out is
+    held out."""
+    g = torch.Generator().manual_seed(seed)
+    xs, perts = [], []
+    for target in (-1, 3, 4, 5, 6, 7):
+        x = 0.1 * torch.randn(n, G, generator=g)
+        if target >= 0:
+            x[:, target] -= 2.0
+            x[:, 0] += 1.0
+        xs.append(x)
+        perts.append(torch.full((n, 1), target))
+    return torch.cat(xs), torch.cat(perts)
+
+
+def _ko_source(**kw):
+    specs = [{"name": "cell_type", "kind": "categorical", "n_categories": 1}]
+    return flow.ShiftedControlSource(k=4, match_dims=4, neighbours=5, **kw).build(G, specs, None, [])
+
+
+def test_an_unseen_knockout_lowers_its_own_gene_by_what_the_seen_ones_did():
+    x, pert = _knockouts()
+    cond = {"cell_type": torch.ones(len(x), dtype=torch.long)}
+    train = pert[:, 0] != 7
+    control = pert[:, 0] < 0
+    ctrl = x[control]
+    new = {"cell_type": torch.ones(len(ctrl), dtype=torch.long)}
+    src = _ko_source().fit(x[train], {"cell_type": cond["cell_type"][train]}, pert[train], control[train])
+    assert torch.allclose(src.own_log[torch.isfinite(src.own_log)], torch.full((4,), -2.0), atol=0.1)
+    moved = src.transport(ctrl, new, torch.full((len(ctrl), 1), 7)) - ctrl
+    assert abs(moved[:, 7].mean() + 2.0) < 0.15 and abs(moved[:, 0].mean() - 1.0) < 0.15  # own drop + pooled
+    assert moved[:, 3:7].mean(0).abs().max() < 0.8  # the others' own genes: only their pooled share (−0.5)
+    off = _ko_source(own_effect=False).fit(x[train], {"cell_type": cond["cell_type"][train]}, pert[train],
+                                            control[train])
+    plain = off.transport(ctrl, new, torch.full((len(ctrl), 1), 7)) - ctrl
+    assert plain[:, 7].abs().mean() < 0.1  # the pooled shift of the others cannot know gene 7
+    seen = src.transport(ctrl, new, torch.full((len(ctrl), 1), 4)) - ctrl  # a seen knock-out: its own shift
+    assert abs(seen[:, 4].mean() + 2.0) < 0.15 and seen[:, 7].abs().mean() < 0.1
+    # training pairs that leave a knock-out out start from the same estimate, without its own value
+    x1 = x[pert[:, 0] == 3]
+    x0 = src.pair(x1, {"cell_type": torch.ones(len(x1), dtype=torch.long)}, torch.full((len(x1), 1), 3),
+                  x[control][: len(x1)])
+    assert abs((x0 - x[control][: len(x1)])[:, 3].mean() + 2.0) < 0.3
+    # a model saved before own_log loads with no own effect
+    state = src.state_dict()
+    del state["own_log"], state["own_genes"]
+    old = _ko_source()
+    old.load_state_dict(state)
+    assert torch.allclose(old.transport(ctrl, new, torch.full((len(ctrl), 1), 7)), plain + ctrl, atol=1e-5)

@@ -40,7 +40,7 @@ from .sources import Source, _checked_control
 __all__ = ["ShiftedControlSource"]
 
 _RESIZABLE = ("bank_z", "bank_d", "bank_pair", "pair_label", "pair_ctx", "pair_shift", "pair_err", "label_table",
-              "ctx_table")
+              "ctx_table", "own_log", "own_genes")
 COUPLINGS = ("auto", "lowrank", "residual", "full")
 
 
@@ -82,18 +82,22 @@ class ShiftedControlSource(Source):
           principal axes (``benchmarks/results/graph_claim_auto.md``).
     max_bank
         Control cells kept per (perturbation, context) pair (random subset, seeded).
+    own_effect
+        For a perturbation not seen in training (and for training pairs that leave the cell's
+        perturbation out), add to each of its perturbed *measured* genes the median change the
+        training perturbations made to their own genes, in log1p units. Off: the pooled shift alone.
     seed
         Seed of the subsets (private generator: the global RNG is not touched).
     """
 
     name = "shifted_control"
-    options = ("k", "neighbours", "match_dims", "blend", "coupling", "max_bank", "seed")
+    options = ("k", "neighbours", "match_dims", "blend", "coupling", "max_bank", "own_effect", "seed")
     needs_control = True
     can_transport = True
     allows_ot_pairing = False
 
     def __init__(self, k: int = 100, neighbours: int = 15, match_dims: int = 30, blend: float = 0.75,
-                 coupling: str = "auto", max_bank: int = 500, seed: int = 0):
+                 coupling: str = "auto", max_bank: int = 500, own_effect: bool = True, seed: int = 0):
         super().__init__()
         if coupling not in COUPLINGS:
             raise ValueError(f"ShiftedControlSource coupling must be one of {COUPLINGS}, got {coupling!r}")
@@ -103,6 +107,7 @@ class ShiftedControlSource(Source):
             raise ValueError("k, neighbours, match_dims and max_bank must be ≥ 1")
         self.k, self.neighbours, self.match_dims = int(k), int(neighbours), int(match_dims)
         self.blend, self.coupling, self.max_bank, self.seed = float(blend), coupling, int(max_bank), int(seed)
+        self.own_effect = bool(own_effect)
         self.axes: PerGroupGaussian | None = None
         self.label_names: list[str] = []
         self.context_names: list[str] = []
@@ -126,7 +131,8 @@ class ShiftedControlSource(Source):
                                    ("bank_pair", (0,), torch.long), ("pair_label", (0,), torch.long),
                                    ("pair_ctx", (0,), torch.long), ("pair_shift", (0, G), torch.float32),
                                    ("pair_err", (0, G), torch.float32),
-                                   ("label_table", (0, 0), torch.float64), ("ctx_table", (0, 0), torch.float64)):
+                                   ("label_table", (0, 0), torch.float64), ("ctx_table", (0, 0), torch.float64),
+                                   ("own_log", (0,), torch.float32), ("own_genes", (0, 0), torch.long)):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         self.register_buffer("control_label", torch.tensor(-1))
         return self
@@ -134,6 +140,9 @@ class ShiftedControlSource(Source):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "pair_shift" in state_dict and prefix + "pair_err" not in state_dict:  # saved before pair_err
             state_dict[prefix + "pair_err"] = torch.zeros_like(state_dict[prefix + "pair_shift"])
+        if prefix + "label_table" in state_dict and prefix + "own_log" not in state_dict:  # saved before own_log
+            state_dict[prefix + "own_log"] = torch.full((state_dict[prefix + "label_table"].shape[0],), float("nan"))
+            state_dict[prefix + "own_genes"] = torch.full((state_dict[prefix + "label_table"].shape[0], 0), -1)
         for name in _RESIZABLE:  # the bank's size is set by the data it was fitted on
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
@@ -226,10 +235,65 @@ class ShiftedControlSource(Source):
         self.pair_label, self.pair_ctx, self.pair_shift = torch.tensor(pl), torch.tensor(pc), torch.stack(ps)
         self.label_table, self.ctx_table = self._table(lab_keys), self._table(ctx_keys)
         self.control_label.fill_(ctrl_label)
+        self.own_log, self.own_genes = self._own_changes(lab, pert, len(lab_keys), ctrl_label)
         self._maps = None
         self._fitted.fill_(True)
         self.pair_err = self._loo_errors()
         return self
+
+    def _own_changes(self, lab: torch.Tensor, pert, n_labels: int, ctrl_label: int):
+        """Per training perturbation: its mean shift on its own perturbed measured genes (log1p
+        units, averaged over its contexts and genes; NaN where it has none), (labels,), and those
+        genes, (labels, S) padded with −1."""
+        out = torch.full((n_labels,), float("nan"))
+        genes_of: dict = {}
+        if pert is not None:
+            pert = torch.as_tensor(pert).long().cpu()
+            scale = self._scale if self._scale is not None else torch.ones(self.n_genes)
+            for l_ in self.pair_label.unique().tolist():
+                if l_ == ctrl_label:
+                    continue
+                idx = pert[lab == l_].flatten()
+                genes = idx[(idx >= 0) & (idx < self.n_genes)].unique()
+                if genes.numel():
+                    shift = self.pair_shift[self.pair_label == l_].mean(0)  # (G,) scaled units
+                    out[l_] = float((shift[genes] * scale[genes]).mean())
+                    genes_of[l_] = genes
+        width = max((g.numel() for g in genes_of.values()), default=0)
+        table = torch.full((n_labels, width), -1, dtype=torch.long)
+        for l_, genes in genes_of.items():
+            table[l_, :genes.numel()] = genes
+        return out, table
+
+    def _own_median(self, exclude: int) -> float | None:
+        """Median own-gene change (log1p units) of the training perturbations but ``exclude``."""
+        keep = torch.isfinite(self.own_log)
+        if 0 <= exclude < keep.numel():
+            keep[exclude] = False
+        return float(self.own_log[keep].median()) if bool(keep.any()) else None
+
+    def _own_shift(self, pert, use: Sequence[bool], exclude: Sequence[int]) -> torch.Tensor | None:
+        """(B, G) scaled units: on each perturbed measured gene of the cells in ``use``, the median
+        own-gene change of the training perturbations (leaving out the label in ``exclude``);
+        ``None`` when there is nothing to add."""
+        if not self.own_effect or pert is None or not any(use) or not bool(torch.isfinite(self.own_log).any()):
+            return None
+        pert = torch.as_tensor(pert).long().cpu()
+        out = torch.zeros(pert.shape[0], self.n_genes)
+        for i in [i for i, u in enumerate(use) if u]:
+            out[i] = self._own_vector(pert[i], int(exclude[i]))
+        return out
+
+    def _own_vector(self, genes: torch.Tensor, exclude: int) -> torch.Tensor:
+        """(G,) scaled units: the median own-gene change on the measured ``genes`` (node indices,
+        negatives and latent nodes ignored), 0 elsewhere."""
+        out = torch.zeros(self.n_genes)
+        med = self._own_median(exclude) if self.own_effect else None
+        genes = genes[(genes >= 0) & (genes < self.n_genes)]
+        if med is not None and genes.numel():
+            scale = self._scale if self._scale is not None else torch.ones(self.n_genes)
+            out[genes] = med / scale[genes]
+        return out
 
     def _loo_errors(self) -> torch.Tensor:
         """(pairs, G): for each (perturbation, context) pair of the bank, the estimate training pairs
@@ -241,7 +305,9 @@ class ShiftedControlSource(Source):
         for q in range(self.pair_label.numel()):
             l_, c = int(self.pair_label[q]), int(self.pair_ctx[q])
             if n_ctx.get(l_, 0) < 2:  # seen in this context only: the pooled shift of the other perturbations
-                est = self._pooled(exclude_label=l_)
+                est = self._pooled(exclude_label=l_)  # ... and the others' own-gene change on its genes
+                if l_ < self.own_genes.shape[0]:
+                    est = est + self._own_vector(self.own_genes[l_], l_)
             else:  # the bank keeps the control cells' log-PC coordinates, enough for the neighbour search
                 rows = torch.nonzero(self.bank_pair == q).flatten()
                 est = self._shift_from_coords(self.bank_z[rows], [l_] * rows.numel(), [c] * rows.numel()).mean(0)
@@ -308,6 +374,10 @@ class ShiftedControlSource(Source):
         many = [n_ctx.get(l_, 0) > 1 for l_ in lab]
         x0 = x_ctrl + self.shift(x_ctrl, lab, exclude_ctx=[c if m else -2 for c, m in zip(ctx, many)],
                                  exclude_label=[not m for m in many])
+        ctrl = int(self.control_label)
+        own = self._own_shift(pert, [not m and l_ != ctrl for l_, m in zip(lab, many)], lab)  # as at prediction
+        if own is not None:
+            x0 = x0 + own.to(device=x0.device, dtype=x0.dtype)
         if self.coupling in ("lowrank", "residual", "auto"):  # x₀ takes x₁'s coordinates on the k axes
             x0 = x1 - self.axes.project_off(x1 - x0)
         if self.coupling in ("residual", "auto"):  # ... moved by the estimate's error on the axes for x₁'s group
@@ -330,7 +400,9 @@ class ShiftedControlSource(Source):
 
     def transport(self, x_ctrl, cond=None, pert=None):
         lab, _ = self._ids(cond, pert, x_ctrl.shape[0])
-        return x_ctrl + self.shift(x_ctrl, lab)
+        out = x_ctrl + self.shift(x_ctrl, lab)
+        own = self._own_shift(pert, [l_ < 0 for l_ in lab], lab)  # perturbations never seen in training
+        return out if own is None else out + own.to(device=out.device, dtype=out.dtype)
 
     def draw(self, n, cond=None, pert=None, **kw):
         raise ValueError("a model with source='shifted_control' transports control cells: use predict(ctrl_cells, "
