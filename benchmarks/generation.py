@@ -23,7 +23,7 @@ Methods (rows)
 ``pca_flow``           the same MLP flow (``grndiff.nn.MLPVelocity`` + ``grndiff.flow``, same optimiser,
                        schedule and EMA) on the 50 standardised PC scores of the training cells, decoded
                        with the PCA (not clipped)
-``latent_nb``          a latent flow with a count decoder (``grndiff.baselines.LatentNBFlow``): an NB
+``latent_nb``          a latent flow with a count decoder (``grndiff.train.LatentNBFlow``): an NB
                        autoencoder (32-wide state, 2,000 steps), the ``pca_flow`` MLP flow in its state,
                        NB counts at a library size drawn from the group's training cells, CP10k + log1p
 ``gene_tokens``        every gene a token, full attention (memory O(B·H·G²)); smaller batch
@@ -213,8 +213,8 @@ def _train_pca_flow(Xtrain, labels_df, *, n_pcs, steps, seed, batch_size, lr, em
     """MLP rectified flow on standardised PC scores; returns a sampler ``f(cond_df, seed) -> (B, G)``."""
     import torch
 
-    from grndiff.baselines import train_vector_flow
     from grndiff.metrics import fit_pca
+    from grndiff.train import train_vector_flow
 
     pca = fit_pca(Xtrain, n=n_pcs, seed=seed)
     Z = pca.transform(Xtrain)  # (B, K)
@@ -342,7 +342,7 @@ def run_one(ds, method, seed, data, cfg, log):
         return (score(real_test, gen, real_all, prior_var, ds, method, seed, ts),
                 f"MLPVelocity on {cfg['n_pcs_flow']} PCs")
     if method == "latent_nb":
-        from grndiff.baselines import LatentNBFlow
+        from grndiff.train import LatentNBFlow
 
         t0 = time.time()
         train = adata[train_idx]

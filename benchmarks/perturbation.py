@@ -86,7 +86,7 @@ VARIANTS = {
     "latent_tokens": {"options": {"backbone": "latent_tokens"}},
     "ssm": {"options": {"backbone": "ssm"}},
     "cross_attention": {"options": {"conditioning": "cross_attention"}},  # condition tokens instead of adaLN
-    # a latent flow with an NB count decoder (grndiff.baselines.LatentNBFlow): no source, no gate, no
+    # a latent flow with an NB count decoder (grndiff.train.LatentNBFlow): no source, no gate, no
     # graph; cells drawn for the held-out (cell type, stim) pair, an unseen combination of seen tokens
     "latent_nb": {"latent_nb": True},
 }
@@ -167,7 +167,7 @@ def run_job(job: dict) -> list[dict]:
 def _latent_nb_job(job, adata, X, t0) -> list[dict]:
     """The ``latent_nb`` row on one held-out Kang cell type: fit on every other cell, draw as many
     cells for (cell type, stim) as the type has control cells, score as the other rows."""
-    from grndiff.baselines import LatentNBFlow
+    from grndiff.train import LatentNBFlow
 
     recs: list[dict] = []
     ds, name, seed, T = job["dataset"], job["method"], job["seed"], job["group"]

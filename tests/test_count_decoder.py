@@ -1,5 +1,5 @@
 """The NB count decoder (grndiff.nn.count_decoder) and the latent flow built on it
-(grndiff.baselines.LatentNBFlow)."""
+(grndiff.train.LatentNBFlow)."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,9 +7,9 @@ import scipy.sparse as sp
 import torch
 from scipy import stats
 
-from grndiff.baselines import LatentNBFlow, train_vector_flow
 from grndiff.data.normalize import log1p_cp10k
 from grndiff.nn.count_decoder import NBAutoencoder, fit_nb_autoencoder, nb_log_prob
+from grndiff.train import LatentNBFlow, train_vector_flow
 
 
 def test_nb_log_prob_is_the_negative_binomial():

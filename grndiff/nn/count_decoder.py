@@ -4,7 +4,7 @@ The scVI / CFGen way of getting count realism: an encoder maps a cell's log1p-no
 expression ``(B, G)`` to a state ``z`` ``(B, d)``; a decoder maps ``z`` to gene proportions ``ρ``
 (softmax over ``G``) and, with the cell's library size ``L``, to negative-binomial counts
 ``k_g ~ NB(mean L·ρ_g, inverse dispersion θ_g)`` (``θ`` one learned value per gene). Trained by the
-NB log-likelihood of the observed counts. A flow in ``z`` (:class:`grndiff.baselines.LatentNBFlow`)
+NB log-likelihood of the observed counts. A flow in ``z`` (:class:`grndiff.train.LatentNBFlow`)
 then generates states, and the decoder turns them into counts, whose zeros come from the NB
 rather than from the flow.
 

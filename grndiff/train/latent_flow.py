@@ -24,7 +24,7 @@ from .. import flow
 from ..data.normalize import log1p_cp10k
 from ..nn import MLPVelocity
 from ..nn.count_decoder import fit_nb_autoencoder
-from ..train.ema import EMA
+from .ema import EMA
 
 __all__ = ["train_vector_flow", "LatentNBFlow"]
 
