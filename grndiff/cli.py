@@ -355,6 +355,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="euler", choices=["euler", "heun", "dopri5"])
     s.add_argument("--guidance", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
+    # the choices are grndiff.data.normalize.COUNT_MODELS, not imported here: the CLI starts without torch
     s.add_argument("--counts", nargs="?", const="nearest", default=False, choices=["nearest", "poisson"],
                    help="also write layers['counts'] (default model 'nearest': expected counts rounded; "
                         "'poisson': a Poisson draw)")

@@ -387,8 +387,3 @@ def library_totals(adata, setup: dict) -> np.ndarray | None:
     X = adata.layers[layer] if layer else adata.X
     return np.asarray(X.sum(1)).ravel()
 
-
-def median_library_size(adata, setup: dict) -> float:
-    """Median counts per cell of the registered layer (1e4 for log1p data), streamed when backed."""
-    tot = library_totals(adata, setup)
-    return float(np.median(tot)) if tot is not None and tot.size else 1e4

@@ -26,7 +26,6 @@ from .backed import (  # noqa: F401  (the streamed helpers, re-exported: ondisk.
     detect_kind_streamed,
     fit_scaler,
     library_totals,
-    median_library_size,
     streams,
 )
 from .datamodule import GRNDataModule

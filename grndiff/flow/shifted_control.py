@@ -280,15 +280,18 @@ class ShiftedControlSource(Source):
             return None
         pert = torch.as_tensor(pert).long().cpu()
         out = torch.zeros(pert.shape[0], self.n_genes)
+        medians: dict = {}  # one median per excluded label, not one per cell
         for i in [i for i, u in enumerate(use) if u]:
-            out[i] = self._own_vector(pert[i], int(exclude[i]))
+            ex = int(exclude[i])
+            if ex not in medians:
+                medians[ex] = self._own_median(ex)
+            out[i] = self._own_vector(pert[i], medians[ex])
         return out
 
-    def _own_vector(self, genes: torch.Tensor, exclude: int) -> torch.Tensor:
-        """(G,) scaled units: the median own-gene change on the measured ``genes`` (node indices,
+    def _own_vector(self, genes: torch.Tensor, med: float | None) -> torch.Tensor:
+        """(G,) scaled units: ``med`` (log1p units) on the measured ``genes`` (node indices,
         negatives and latent nodes ignored), 0 elsewhere."""
         out = torch.zeros(self.n_genes)
-        med = self._own_median(exclude) if self.own_effect else None
         genes = genes[(genes >= 0) & (genes < self.n_genes)]
         if med is not None and genes.numel():
             scale = self._scale if self._scale is not None else torch.ones(self.n_genes)
@@ -306,8 +309,8 @@ class ShiftedControlSource(Source):
             l_, c = int(self.pair_label[q]), int(self.pair_ctx[q])
             if n_ctx.get(l_, 0) < 2:  # seen in this context only: the pooled shift of the other perturbations
                 est = self._pooled(exclude_label=l_)  # ... and the others' own-gene change on its genes
-                if l_ < self.own_genes.shape[0]:
-                    est = est + self._own_vector(self.own_genes[l_], l_)
+                if self.own_effect and l_ < self.own_genes.shape[0]:
+                    est = est + self._own_vector(self.own_genes[l_], self._own_median(l_))
             else:  # the bank keeps the control cells' log-PC coordinates, enough for the neighbour search
                 rows = torch.nonzero(self.bank_pair == q).flatten()
                 est = self._shift_from_coords(self.bank_z[rows], [l_] * rows.numel(), [c] * rows.numel()).mean(0)
