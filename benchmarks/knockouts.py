@@ -219,7 +219,7 @@ def main(argv=None):
     common = {"quick_cells": args.quick_cells, "net": net, "n_steps": args.n_steps, "pred_cells": args.pred_cells,
               "steps": args.steps}
     jobs = [{**common, "method": v, "seed": s, "fold": f, "fold_kos": held_out, "skip_kos": unscored.get(v, [])}
-            for s in seeds for v in variants for f, held_out in enumerate(folds)]
+            for s in seeds for f, held_out in enumerate(folds) for v in variants]  # fold-major: a run cut short keeps matched pairs
     groups = [p for f in folds for p in f]
     dropped = sorted(set(__import__("grndiff").datasets.papalexi2021().obs["perturbation"].astype(str))
                      - set(kos) - {"control"})
