@@ -158,10 +158,22 @@ def run_job(job: dict) -> list[dict]:
     pca = proto.reference_pca(X[~held], seed=split)
     ctrl = X[lab == "control"]
     recs, vals = [], []
+    transport = model.module.source.can_transport
     for p in held_out:
         pred = model.predict(ctrl_ad, {"perturbation": p}, n_steps=job["n_steps"], clip=False)
         m = proto.score_perturbation(recs, ds, method, split, p, proto.dense(pred.X), X[lab == p], ctrl, pca)
         vals.append(m["pearson_delta_top20"])
+        if transport:  # the source's estimate alone (predict(flow=False)): what the network starts from
+            pred = model.predict(ctrl_ad, {"perturbation": p}, clip=False, flow=False)
+            proto.score_perturbation(recs, ds, f"{method}_transport", split, p, proto.dense(pred.X), X[lab == p],
+                                     ctrl, pca)
+    gate = model.gate_ or {}
+    if gate.get("unit"):
+        recs.append(record(ds, method, "gate_alpha", gate["alpha"], seed=split, group="all_time"))
+        checks = gate.get("checks") or []
+        steps = gate["stopped_step"] if gate.get("stopped_step") else job["steps"]
+        recs.append(record(ds, method, "steps_trained", steps if checks else job["steps"], seed=split,
+                           group="all_time"))
     recs.append(record(ds, method, "train_seconds", t_train, seed=split, group="all_time"))
     recs.append(record(ds, method, "n_edges", model.graph.n_edges, seed=split, group="all_time"))
     print(f"  {ds:<15s} split {split} {method:<20s} pearson_top20 {np.nanmean(vals):.3f} "

@@ -112,7 +112,7 @@ def run_job(job: dict) -> list[dict]:
     model = gd.GRNDiff(adata[train].copy(), prior=_prior(prior_kind, fold), modules="hallmark", source=source,
                        seed=seed, graph_kwargs={"perturbed": scored}, **job["net"])
     model.train(max_steps=job["steps"], max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False)
-    _gate_records(recs, "papalexi2021", name, seed, f"fold{fold}", model)
+    _gate_records(recs, "papalexi2021", name, seed, f"fold{fold}", model, job["steps"])
     recs.append(record("papalexi2021", name, "n_latent", model.graph.n_latent, seed=seed, group=f"fold{fold}"))
     # every control cell by default: the baselines' control mean is that of all of them, and a subset's mean
     # differs from it by sampling noise that is as large as a weak knock-out's change
@@ -218,8 +218,9 @@ def main(argv=None):
     folds, kos = baselines(args, records)
     common = {"quick_cells": args.quick_cells, "net": net, "n_steps": args.n_steps, "pred_cells": args.pred_cells,
               "steps": args.steps}
+    # fold-major: a run cut short keeps each fold's variants side by side
     jobs = [{**common, "method": v, "seed": s, "fold": f, "fold_kos": held_out, "skip_kos": unscored.get(v, [])}
-            for s in seeds for f, held_out in enumerate(folds) for v in variants]  # fold-major: a run cut short keeps matched pairs
+            for s in seeds for f, held_out in enumerate(folds) for v in variants]
     groups = [p for f in folds for p in f]
     dropped = sorted(set(__import__("grndiff").datasets.papalexi2021().obs["perturbation"].astype(str))
                      - set(kos) - {"control"})

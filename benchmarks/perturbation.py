@@ -130,7 +130,7 @@ def run_job(job: dict) -> list[dict]:
         if steps:
             model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False,
                         **job.get("train", {}))
-            _gate_records(recs, ds, name, seed, T, model)
+            _gate_records(recs, ds, name, seed, T, model, steps)
         pca = proto.reference_pca(X[~held])
         msg = ""
         for row, pred in _predictions(model, adata[is_ctrl].copy(), {"condition": "stim"}, name, job["n_steps"],
@@ -147,7 +147,7 @@ def run_job(job: dict) -> list[dict]:
         if steps:
             model.train(max_steps=steps, max_epochs=10_000, batch_size=64, val_fraction=0.02, progress_bar=False,
                         **job.get("train", {}))
-            _gate_records(recs, ds, name, seed, f"fold{job['fold']}", model)
+            _gate_records(recs, ds, name, seed, f"fold{job['fold']}", model, steps)
         ctrl_ad = _control_subset(adata, lab, job["pred_cells"], job["fold"])
         pca = proto.reference_pca(X[~held], seed=job["fold"])
         vals: dict = {}
@@ -186,7 +186,7 @@ def _latent_nb_job(job, adata, X, t0) -> list[dict]:
     return recs
 
 
-def _gate_records(recs, ds, name, seed, group, model) -> None:
+def _gate_records(recs, ds, name, seed, group, model, steps: int) -> None:
     """The gate's choice (flow weight α) and its validation scores, as records of the model's row."""
     gate = model.gate_ or {}
     if "alpha" in gate:
@@ -194,6 +194,8 @@ def _gate_records(recs, ds, name, seed, group, model) -> None:
     for key in ("transport", "flow"):
         if gate.get(key) is not None:
             recs.append(record(ds, name, f"gate_val_{key}", gate[key], seed=seed, group=group))
+    if gate.get("checks"):  # early stopping on the gate's hidden groups: the steps actually trained
+        recs.append(record(ds, name, "steps_trained", gate["stopped_step"] or steps, seed=seed, group=group))
 
 
 def _control_subset(adata, lab, n, seed):

@@ -10,8 +10,11 @@ the learned flow started there (``flow=True``), and ``α`` is chosen on data the
   (``unit="perturbation"``);
 - never random cells: cells of a group the network trained on say nothing about a new one.
 
-Each hidden group is predicted from its control cells, and every ``α`` of :data:`ALPHAS` is scored
-by Pearson Δ on the top-20 changed genes (log1p units, as the benchmarks score). The smallest ``α``
+Each hidden group is predicted from its control cells (flows of :data:`GATE_EULER_STEPS` Euler
+steps), and every ``α`` of :data:`ALPHAS` is scored by Pearson Δ on the top-20 changed genes (log1p
+units, as the benchmarks score). During training the same score stops the network early
+(``GRNDiff.train(early_stopping=True)``) once it has not beaten the best so far — at first the
+transport's — for a few checks. The smallest ``α``
 of the best mean wins, so the network has to beat its own starting point to be used. With too few
 contexts and perturbations to hide one, the gate warns and keeps the transport (``α = 0``).
 """
@@ -25,9 +28,10 @@ import pandas as pd
 from .data.conditions import warn
 from .metrics.perturbation import pearson_delta
 
-__all__ = ["ALPHAS", "GateSplit", "gate_split", "choose_alpha"]
+__all__ = ["ALPHAS", "GATE_EULER_STEPS", "GateSplit", "gate_split", "choose_alpha"]
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+GATE_EULER_STEPS = 10  # Euler steps of the flows the gate scores (each early-stopping check too)
 MIN_GROUPS = 3  # contexts (or perturbations) needed before one can be hidden
 
 

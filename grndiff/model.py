@@ -25,9 +25,9 @@ from ._representation import TokenReadout
 from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
 from .data.conditions import warn_case_only_matches
 from .data.normalize import COUNT_MODELS, library_quantiles
-from .gate import ALPHAS, choose_alpha, gate_split, score_alphas, warn_no_gate
+from .gate import ALPHAS, GATE_EULER_STEPS, GateSplit, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
-from .train import FlowModule, LossHistory
+from .train import FlowModule, LossHistory, ScoreStopping
 from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
 from .train.inputs import FLOW_OPTIONS, NET_OPTIONS, build_module, check_options, default_epochs, describe
 from .train.quiet import console_kwargs, quiet
@@ -183,7 +183,8 @@ class GRNDiff(TokenReadout):
               precision: Any = None, seed: int | None = None, progress_bar: bool = True, logger: Any = False,
               default_root_dir: str | None = None, enable_checkpointing: bool = False, callbacks=None,
               adata: ad.AnnData | None = None, verbose: bool = False, gate: bool | str = "auto",
-              gate_fraction: float = 0.2, compile: bool | None = None, **trainer_kwargs) -> GRNDiff:
+              gate_fraction: float = 0.2, early_stopping: bool = True, check_every: int = 50, patience: int = 3,
+              compile: bool | None = None, **trainer_kwargs) -> GRNDiff:
         """Train with Lightning (CPU or GPU, ``accelerator="auto"``).
 
         ``adata`` defaults to the AnnData the model was built on (a reference; it is not modified).
@@ -195,6 +196,12 @@ class GRNDiff(TokenReadout):
         on them how much of the learned flow :meth:`predict` should apply (:mod:`grndiff.gate`);
         the source is refitted on every training cell afterwards. The choice is ``model.gate_``, its
         scores ``model.validation_``; both are saved with the model.
+
+        ``early_stopping`` (with the gate, on CPU): every ``check_every`` steps the flow is scored on
+        the hidden groups; training stops once ``patience`` checks in a row have not beaten the best
+        so far — which starts at the transport's own score, so a network that does not add to its
+        starting point stops early — and the network of the best check is kept
+        (``model.gate_["checks"]``, ``["best_step"]``, ``["stopped_step"]``).
 
         ``precision`` (Lightning's: ``None``/``"32-true"`` float32; ``"bf16"``/``"bf16-mixed"``
         bfloat16 autocast, weights and optimizer state in float32) and ``compile`` (the blocks'
@@ -209,6 +216,8 @@ class GRNDiff(TokenReadout):
             raise ValueError(f"gate must be 'auto', True or False, got {gate!r}")
         if not 0.0 < float(gate_fraction) < 1.0:
             raise ValueError(f"gate_fraction must be in (0, 1), got {gate_fraction}")
+        if int(check_every) < 1 or int(patience) < 1:
+            raise ValueError(f"check_every and patience must be ≥ 1, got {check_every} and {patience}")
         if precision == "bf16":
             precision = "bf16-mixed"  # Lightning's name for bfloat16 autocast
         if compile is not None:  # the model's setting from now on (sampling too), saved with it
@@ -229,11 +238,15 @@ class GRNDiff(TokenReadout):
                              stratify_key=stratify_key, holdout=holdout)
         history = LossHistory()
         self.module.fit_source(dm)  # on exactly the training split (holdout/val excluded)
+        stopper = None
+        if early_stopping and isinstance(split, GateSplit) and _on_cpu(accelerator):
+            stopper = self._gate_stopper(adata, split, check_every, patience)
+        extra = [history, *([stopper] if stopper is not None else []), *(callbacks or [])]
         with quiet(verbose):  # no Lightning banners; one progress bar, on a terminal only
             trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
                                 precision=precision, logger=logger, enable_checkpointing=enable_checkpointing,
                                 enable_model_summary=False, default_root_dir=default_root_dir, gradient_clip_val=1.0,
-                                deterministic=False, **console_kwargs(progress_bar, [history, *(callbacks or [])]),
+                                deterministic=False, **console_kwargs(progress_bar, extra),
                                 **trainer_kwargs)
             trainer.fit(self.module, datamodule=dm)
         self.module.cpu()
@@ -243,7 +256,7 @@ class GRNDiff(TokenReadout):
             warn_no_gate(split)
             self.gate_, self.validation_ = {"alpha": 0.0, "unit": None, "groups": [], "reason": split}, pd.DataFrame()
         elif split is not None:
-            self._run_gate(adata, split)
+            self._run_gate(adata, split, stopper)
             self.module.fit_source(self.datamodule(adata, batch_size=1024, val_fraction=0.0))  # every context
             self.module.cpu()
         else:
@@ -257,24 +270,67 @@ class GRNDiff(TokenReadout):
         return gate_split(adata.obs, control, self.setup, self.config.get("match_keys"), fraction=fraction,
                           seed=self.config.get("seed", 0))
 
-    def _run_gate(self, adata: ad.AnnData, split, n_steps: int = 50) -> None:
-        """Score transport vs transport + flow on the hidden groups; set ``gate_`` and ``validation_``."""
-        rows = []
+    def _gate_inputs(self, adata: ad.AnnData, split) -> list:
+        """Per hidden group what stays fixed while the network trains: (name, control cells,
+        conditions, transport (cells × G), truth (cells × G), control (cells × G)), log1p units."""
+        out = []
         for name, truth_rows, ctrl_rows, conditions in split.groups:
             ctrl_ad = adata[ctrl_rows]
             x_t = self.predict(ctrl_ad, conditions, flow=False, clip=False).X
-            x_f = self.predict(ctrl_ad, conditions, flow=True, clip=False, n_steps=n_steps).X
             truth = self.processor.log_expression(adata[truth_rows]).toarray()
-            ctrl = self.processor.log_expression(ctrl_ad).toarray()
+            out.append((name, ctrl_ad, conditions, x_t, truth, self.processor.log_expression(ctrl_ad).toarray()))
+        return out
+
+    def _gate_table(self, inputs: list) -> pd.DataFrame:
+        """Pearson Δ top-20 of every α of :data:`~grndiff.gate.ALPHAS` on each hidden group."""
+        rows = []
+        for name, ctrl_ad, conditions, x_t, truth, ctrl in inputs:
+            x_f = self.predict(ctrl_ad, conditions, flow=True, clip=False, n_steps=GATE_EULER_STEPS).X
             for a, v in zip(ALPHAS, score_alphas(x_t, x_f, truth, ctrl)):
                 rows.append({"group": name, "alpha": a, "pearson_delta_top20": v})
-        table = pd.DataFrame(rows)
+        return pd.DataFrame(rows)
+
+    def _gate_stopper(self, adata: ad.AnnData, split, every: int, patience: int) -> ScoreStopping:
+        """Early stopping on the gate's hidden groups: the score is the best α's mean, the baseline
+        the transport's (α = 0); each check's table is kept for :meth:`_run_gate`."""
+        inputs = self._gate_inputs(adata, split)
+        tables: dict = {}
+
+        def best_mean(table: pd.DataFrame) -> float:
+            mean = table.groupby("alpha")["pearson_delta_top20"].mean()
+            mean = mean[np.isfinite(mean)]
+            return float(mean.max()) if not mean.empty else float("-inf")
+
+        def score(step: int) -> float:
+            tables[step] = self._gate_table(inputs)
+            return best_mean(tables[step])
+
+        transport = np.array([score_alphas(x_t, x_t, truth, ctrl, alphas=(0.0,))[0]
+                              for *_, x_t, truth, ctrl in inputs])
+        base = float(np.nanmean(transport)) if np.isfinite(transport).any() else float("-inf")
+        stopper = ScoreStopping(score, every=every, patience=patience, baseline=base)
+        stopper.inputs, stopper.tables = inputs, tables
+        return stopper
+
+    def _run_gate(self, adata: ad.AnnData, split, stopper: ScoreStopping | None = None) -> None:
+        """Score transport vs transport + flow on the hidden groups; set ``gate_`` and ``validation_``.
+
+        After early stopping the table of the kept network's check is reused (the best check, or
+        the last one when none beat the transport); otherwise the groups are scored now."""
+        checks = stopper.checks if stopper is not None else []
+        if checks:
+            step = stopper.best_step if stopper.best_step is not None else checks[-1]["step"]
+            table = stopper.tables[step]
+        else:
+            table = self._gate_table(stopper.inputs if stopper is not None else self._gate_inputs(adata, split))
         alpha = choose_alpha(table)
         mean = table.groupby("alpha")["pearson_delta_top20"].mean()
         self.validation_ = table
         self.gate_ = {"alpha": alpha, "unit": split.unit, "groups": [g[0] for g in split.groups], "reason": None,
                       "transport": float(mean.get(0.0, np.nan)), "flow": float(mean.get(1.0, np.nan)),
                       "chosen": float(mean.get(alpha, np.nan))}
+        if stopper is not None:
+            self.gate_.update({"checks": checks, "best_step": stopper.best_step, "stopped_step": stopper.stopped_step})
         log.info("grndiff gate: α = %.2f on %d hidden %s group(s) (transport %.3f, flow %.3f)", alpha,
                  len(split.groups), split.unit, self.gate_["transport"], self.gate_["flow"])
 
@@ -472,6 +528,14 @@ class GRNDiff(TokenReadout):
     def to(self, device) -> GRNDiff:
         self.module.to(device)
         return self
+
+
+def _on_cpu(accelerator) -> bool:
+    """Whether Lightning trains on the CPU (the gate's checks predict there)."""
+    if str(accelerator) == "cpu":
+        return True
+    return str(accelerator) == "auto" and not torch.cuda.is_available() and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
 
 
 def _names_seed(source) -> bool:

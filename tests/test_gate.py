@@ -135,3 +135,87 @@ def test_default_coupling_trains_kang_exactly_as_the_lowrank_one(kang_small):
     ctrl = kang_small[(kang_small.obs["condition"] == "ctrl").to_numpy()][:20].copy()
     np.testing.assert_array_equal(auto.predict(ctrl, {"condition": "stim"}, n_steps=3).X,
                                   low.predict(ctrl, {"condition": "stim"}, n_steps=3).X)
+
+
+class _Trainer:
+    def __init__(self):
+        self.global_step, self.should_stop = 0, False
+
+
+class _Module:
+    """What ScoreStopping touches: a state dict with ``net.`` and ``ema.`` entries."""
+
+    def __init__(self):
+        import torch
+        self.net = torch.nn.Linear(2, 2)
+        self.ema = torch.nn.Linear(2, 2)
+        self.other = torch.nn.Linear(2, 2)
+
+    def state_dict(self):
+        return {f"{n}.{k}": v for n in ("net", "ema", "other") for k, v in getattr(self, n).state_dict().items()}
+
+    def load_state_dict(self, state, strict=True):
+        for n in ("net", "ema", "other"):
+            part = {k[len(n) + 1:]: v for k, v in state.items() if k.startswith(n + ".")}
+            if part:
+                getattr(self, n).load_state_dict(part)
+
+
+def test_score_stopping_stops_after_patience_and_puts_back_the_best_network():
+    import torch
+
+    from grndiff.train import ScoreStopping
+    scores = iter([0.55, 0.70, 0.69, 0.705])  # baseline 0.6: step 10 is best; 0.705 is within min_delta
+    cb = ScoreStopping(lambda step: next(scores), every=5, patience=2, baseline=0.6, min_delta=0.01)
+    tr, mod = _Trainer(), _Module()
+    best_w = None
+    for step in range(1, 21):
+        tr.global_step = step
+        with torch.no_grad():
+            mod.net.weight.add_(1.0)  # training moves the weights every step
+        cb.on_train_batch_end(tr, mod, None, None, step)
+        if step == 10:
+            best_w = mod.net.weight.clone()
+        if tr.should_stop:
+            break
+    assert [c["step"] for c in cb.checks] == [5, 10, 15, 20] and cb.best_step == 10 and cb.stopped_step == 20
+    assert tr.should_stop and cb.best == 0.70
+    other = mod.other.weight.clone()
+    cb.on_train_end(tr, mod)
+    assert torch.equal(mod.net.weight, best_w) and torch.equal(mod.other.weight, other)  # only net/ema restored
+    # a score that never beats the baseline: stops after `patience` checks and keeps the last weights
+    flat = ScoreStopping(lambda step: 0.5, every=3, patience=2, baseline=0.6)
+    tr, mod = _Trainer(), _Module()
+    for step in range(1, 30):
+        tr.global_step = step
+        flat.on_train_batch_end(tr, mod, None, None, step)
+        if tr.should_stop:
+            break
+    last = mod.net.weight.clone()
+    flat.on_train_end(tr, mod)
+    assert flat.stopped_step == 6 and flat.best_step is None and torch.equal(mod.net.weight, last)
+    with pytest.raises(ValueError, match="patience"):
+        ScoreStopping(lambda step: 0.0, every=5, patience=0)
+
+
+def test_train_stops_on_the_gate_and_keeps_the_kept_networks_table(kang_small):
+    kw = dict(prior="collectri", modules=None, hidden=8, depth=1, token_depth=0, seed=1)
+    m = gd.GRNDiff(kang_small, **kw)
+    m.train(max_steps=40, max_epochs=100, progress_bar=False, check_every=4, patience=2)
+    checks = m.gate_["checks"]
+    steps = [c["step"] for c in checks]
+    assert steps and all(s % 4 == 0 for s in steps) and steps == sorted(steps)
+    best = m.gate_["best_step"]
+    stopped = m.gate_["stopped_step"]
+    if stopped is not None:  # stopped early: `patience` checks after the best (or after the start)
+        assert stopped == steps[-1] < 40 and stopped - (best or 0) == 2 * 4
+    kept = best if best is not None else steps[-1]
+    score = {c["step"]: c["score"] for c in checks}[kept]
+    mean = m.validation_.groupby("alpha")["pearson_delta_top20"].mean()
+    assert mean.max() == pytest.approx(score)  # validation_ is the kept network's check
+    assert m.gate_["alpha"] == choose_alpha(m.validation_)
+    # off: every step trained, the gate scores the final network, no checks recorded
+    off = gd.GRNDiff(kang_small, **kw).train(max_steps=12, max_epochs=100, progress_bar=False, early_stopping=False)
+    assert "checks" not in off.gate_ and set(off.validation_["alpha"]) == set(ALPHAS)
+    with pytest.raises(ValueError, match="check_every"):
+        off.train(max_steps=1, check_every=0)
