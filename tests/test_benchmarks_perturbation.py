@@ -78,3 +78,18 @@ def test_readme_perturbation_figure_redraws_from_the_committed_results(tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ranks = [r for r in res["records"] if r["metric"] == "rank"]
     assert len(ranks) == plot_perturbation.N_TOP
+
+
+@pytest.mark.slow
+def test_time_to_quality_quick_times_and_scores_each_grndiff_row(tmp_path):
+    obj = _quick("time_to_quality.py", tmp_path, "--peers", "")
+    rows = {(r["method"], r["metric"]): r["value"] for r in obj["records"] if r["group"] == "all"}
+    for method in ("grndiff_transport", "grndiff"):
+        for metric in ("pearson_delta_top20", "fit_seconds", "wall_seconds", "cpu_seconds"):
+            assert rows[(method, metric)] is not None, (method, metric)
+        assert rows[(method, "wall_seconds")] >= rows[(method, "fit_seconds")] > 0  # the process holds the fit
+    assert obj["config"]["peers"] == [] and "time_to_quality.py --quick" in obj["command"]
+    # a peer whose environment is missing is refused with the command that makes it
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--peers", "scgen",
+                          "--venvs", str(tmp_path / "none")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode != 0 and "setup.sh" in res.stderr
