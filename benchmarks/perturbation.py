@@ -347,9 +347,11 @@ def main(argv=None):
                           "steps": 0, "source": "shifted_control", "pred_dir": args.pred_dir} for s in seeds]
                 jobs.append({**common, "dataset": "kang2018", "group": T, "method": "grndiff_shift_knn", "seed": 0,
                              "steps": 0, "source": {"name": "shifted_control", "blend": 1.0}})
-            jobs += [{**common, **_variant(v, net), "dataset": "kang2018", "group": T, "method": v, "seed": s,
-                      "steps": args.kang_steps, "pred_dir": args.pred_dir if v == "grndiff" else None}
-                     for v in variants for s in seeds]
+        # trained jobs seed by seed (every type and variant of a seed before the next seed), so a run
+        # cut by --max-minutes keeps whole seeds, whose type means are complete
+        jobs += [{**common, **_variant(v, net), "dataset": "kang2018", "group": T, "method": v, "seed": s,
+                  "steps": args.kang_steps, "pred_dir": args.pred_dir if v == "grndiff" else None}
+                 for s in seeds for T in types for v in variants]
     if "papalexi" in parts:
         folds, kos = papalexi_baselines(args, records)
         groups["papalexi2021"] = [p for f in folds for p in f]
