@@ -82,6 +82,7 @@ VARIANTS = {
     "residual_noctx": {"source": {"name": _SC, "coupling": "residual"}, "options": {"context_conditioning": False}},
     "full_noctx": {"source": {"name": _SC, "coupling": "full"}, "options": {"context_conditioning": False}},
     "nogate": {"gate": False},
+    "bf16": {"precision": "bf16"},  # issue 33: the default model trained under bfloat16 autocast
     # other backbones (issue 31), the package's source and gate: what the network architecture changes
     "latent_tokens": {"options": {"backbone": "latent_tokens"}},
     "ssm": {"options": {"backbone": "ssm"}},
@@ -287,7 +288,7 @@ def _variant(name: str, net: dict) -> dict:
         keep = set(backbone_options(opts["backbone"])) | {"backbone"}
         opts = {k: val for k, val in opts.items() if k in keep}
     return {"source": v.get("source", "auto"), "net": opts,
-            "train": {"gate": v["gate"]} if "gate" in v else {}, "latent_nb": bool(v.get("latent_nb"))}
+            "train": {k: v[k] for k in ("gate", "precision") if k in v}, "latent_nb": bool(v.get("latent_nb"))}
 
 
 def main(argv=None):
