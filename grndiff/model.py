@@ -172,8 +172,9 @@ class GRNDiff(TokenReadout):
             return ""
         if gate.get("unit") is None:
             return ", gate: transport only (no group could be hidden)"
+        stopped = f", stopped early at step {gate['stopped_step']}" if gate.get("stopped_step") else ""
         return (f", gate: flow weight {gate['alpha']:g} (hidden {gate['unit']}s: transport {gate['transport']:.3f}, "
-                f"flow {gate['flow']:.3f})")
+                f"flow {gate['flow']:.3f}{stopped})")
 
     # ---------------------------------------------------------------- training
     @model_runtime  # every usable core, freed memory kept mapped when small (grndiff/train/runtime.py)

@@ -209,6 +209,7 @@ def test_train_stops_on_the_gate_and_keeps_the_kept_networks_table(kang_small):
     stopped = m.gate_["stopped_step"]
     if stopped is not None:  # stopped early: `patience` checks after the best (or after the start)
         assert stopped == steps[-1] < 40 and stopped - (best or 0) == 2 * 4
+        assert f"stopped early at step {stopped}" in repr(m)
     kept = best if best is not None else steps[-1]
     score = {c["step"]: c["score"] for c in checks}[kept]
     mean = m.validation_.groupby("alpha")["pearson_delta_top20"].mean()
