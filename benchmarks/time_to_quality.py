@@ -137,14 +137,18 @@ def run_method(method: str, T: str, args, out: Path, data: dict, records: list) 
             f"wall {wall:6.0f}s  cpu {cpu:6.0f}s")
 
 
-def _data(args, types):
+def _data(args):
+    """(log1p expression, cell types, conditions) of the Kang data the workers load."""
     from perturbation import kang_data
     adata = kang_data(args.quick)
-    X = proto.log_expression(adata)
-    ct, cond = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["condition"].astype(str).to_numpy()
+    return (proto.log_expression(adata), adata.obs["cell_type"].astype(str).to_numpy(),
+            adata.obs["condition"].astype(str).to_numpy())
+
+
+def _splits(X, ct, cond, types) -> dict:
     held = {T: (ct == T) & (cond == "stim") for T in types}
     return {"X": X, "held": held, "ctrl": {T: (ct == T) & (cond == "ctrl") for T in types},
-            "pca": {T: proto.reference_pca(X[~held[T]]) for T in types}}, sorted(set(ct))
+            "pca": {T: proto.reference_pca(X[~held[T]]) for T in types}}
 
 
 def main(argv=None):
@@ -181,12 +185,13 @@ def main(argv=None):
         args.steps = min(args.steps, 20)
     t_start = time.perf_counter()
     load0 = os.getloadavg()
-    data, all_types = _data(args, [])
+    X, ct, cond = _data(args)
+    all_types = sorted(set(ct))
     types = [t.strip() for t in args.types.split(",")] if args.types else all_types[: (1 if args.quick else None)]
     unknown = sorted(set(types) - set(all_types))
     if unknown:
         raise SystemExit(f"unknown cell types {unknown}; choose from {all_types}")
-    data, _ = _data(args, types)
+    data = _splits(X, ct, cond, types)
     records: list[dict] = []
     failures: list[str] = []
     out_dir = args.out_dir or (tempfile.mkdtemp(prefix="ttq_res_") if args.quick else None)

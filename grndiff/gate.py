@@ -136,11 +136,16 @@ def score_alphas(x_transport: np.ndarray, x_flow: np.ndarray, truth: np.ndarray,
     return [float(pearson_delta(t + a * (f - t), truth, ctrl, top_n=top_n)) for a in alphas]
 
 
+def alpha_means(table: pd.DataFrame) -> pd.Series:
+    """Mean score over the hidden groups per ``α`` (finite means only; ``table`` as :func:`choose_alpha`'s)."""
+    mean = table.groupby("alpha")["pearson_delta_top20"].mean()
+    return mean[np.isfinite(mean)]
+
+
 def choose_alpha(table: pd.DataFrame) -> float:
     """The smallest ``α`` of the best mean score over the hidden groups (``table``: columns
     ``alpha``, ``pearson_delta_top20``, one row per group and α)."""
-    mean = table.groupby("alpha")["pearson_delta_top20"].mean()
-    mean = mean[np.isfinite(mean)]
+    mean = alpha_means(table)
     if mean.empty:
         return 0.0
     best = mean.max()

@@ -25,7 +25,7 @@ from ._representation import TokenReadout
 from .data import ExpressionProcessor, get_setup, ondisk, perturbed_genes, setup_anndata
 from .data.conditions import warn_case_only_matches
 from .data.normalize import COUNT_MODELS, library_quantiles
-from .gate import ALPHAS, GATE_EULER_STEPS, GateSplit, choose_alpha, gate_split, score_alphas, warn_no_gate
+from .gate import ALPHAS, GATE_EULER_STEPS, GateSplit, alpha_means, choose_alpha, gate_split, score_alphas, warn_no_gate
 from .graph import GeneGraph
 from .train import FlowModule, LossHistory, ScoreStopping
 from .train.checkpoint import read_model_file, upgrade_payload, write_model_dir
@@ -297,14 +297,10 @@ class GRNDiff(TokenReadout):
         inputs = self._gate_inputs(adata, split)
         tables: dict = {}
 
-        def best_mean(table: pd.DataFrame) -> float:
-            mean = table.groupby("alpha")["pearson_delta_top20"].mean()
-            mean = mean[np.isfinite(mean)]
-            return float(mean.max()) if not mean.empty else float("-inf")
-
-        def score(step: int) -> float:
+        def score(step: int) -> float:  # the best α's mean
             tables[step] = self._gate_table(inputs)
-            return best_mean(tables[step])
+            mean = alpha_means(tables[step])
+            return float(mean.max()) if not mean.empty else float("-inf")
 
         transport = np.array([score_alphas(x_t, x_t, truth, ctrl, alphas=(0.0,))[0]
                               for *_, x_t, truth, ctrl in inputs])
