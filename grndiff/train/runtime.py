@@ -110,10 +110,35 @@ def _libc():
         return None
 
 
+_DEPTH = 0  # open cpu_runtime blocks: only the outermost sets and restores
+
+
 @contextlib.contextmanager
 def cpu_runtime(keep_freed: bool = True) -> Iterator[None]:
     """Use every usable core and, with ``keep_freed``, keep freed memory mapped inside the block (see
-    the module docstring)."""
+    the module docstring).
+
+    Re-entrant: a block opened inside another (``train`` scoring its validation gate with
+    ``predict``) changes nothing, so the outer block's settings hold until it closes — restoring
+    glibc's defaults at an inner exit put every later training step back on fresh pages."""
+    global _DEPTH
+    if _DEPTH:
+        _DEPTH += 1
+        try:
+            yield
+        finally:
+            _DEPTH -= 1
+        return
+    _DEPTH = 1
+    try:
+        with _cpu_runtime(keep_freed):
+            yield
+    finally:
+        _DEPTH = 0
+
+
+@contextlib.contextmanager
+def _cpu_runtime(keep_freed: bool) -> Iterator[None]:
     before, n = torch.get_num_threads(), default_threads()
     libc = _libc() if keep_freed else None
     if n is not None and n != before:
