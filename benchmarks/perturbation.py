@@ -83,6 +83,10 @@ VARIANTS = {
     "full_noctx": {"source": {"name": _SC, "coupling": "full"}, "options": {"context_conditioning": False}},
     "nogate": {"gate": False},
     "bf16": {"precision": "bf16"},  # issue 33: the default model trained under bfloat16 autocast
+    # early-stopping schedules (issue 33's time to quality): a check every 25 steps, stop after 2 / 3
+    # checks without a gain (the default: every 50, 3)
+    "es25p2": {"check_every": 25, "patience": 2},
+    "es25p3": {"check_every": 25, "patience": 3},
     # other backbones (issue 31), the package's source and gate: what the network architecture changes
     "latent_tokens": {"options": {"backbone": "latent_tokens"}},
     "ssm": {"options": {"backbone": "ssm"}},
@@ -91,6 +95,7 @@ VARIANTS = {
     # graph; cells drawn for the held-out (cell type, stim) pair, an unseen combination of seen tokens
     "latent_nb": {"latent_nb": True},
 }
+TRAIN_KEYS = ("gate", "precision", "check_every", "patience")  # a variant's GRNDiff.train arguments
 
 
 def _model(train, source, seed, net):
@@ -288,7 +293,8 @@ def _variant(name: str, net: dict) -> dict:
         keep = set(backbone_options(opts["backbone"])) | {"backbone"}
         opts = {k: val for k, val in opts.items() if k in keep}
     return {"source": v.get("source", "auto"), "net": opts,
-            "train": {k: v[k] for k in ("gate", "precision") if k in v}, "latent_nb": bool(v.get("latent_nb"))}
+            "train": {k: v[k] for k in TRAIN_KEYS if k in v},
+            "latent_nb": bool(v.get("latent_nb"))}
 
 
 def main(argv=None):

@@ -180,15 +180,13 @@ def test_a_nested_runtime_block_keeps_the_outer_settings(monkeypatch):
         with runtime.cpu_runtime():
             set_up = list(calls)
             assert (runtime._M_MMAP_MAX, 0) in set_up and torch.get_num_threads() == 3
-            with runtime.cpu_runtime():
-                with runtime.cpu_runtime():
-                    pass
+            with runtime.cpu_runtime(), runtime.cpu_runtime():
+                pass
             assert calls == set_up and torch.get_num_threads() == 3  # nothing restored inside
         assert ("trim", 0) in calls and (runtime._M_MMAP_MAX, runtime._DEFAULT_MMAP_MAX) in calls
         assert torch.get_num_threads() == before and runtime._DEPTH == 0
-        with pytest.raises(RuntimeError):  # an error inside still closes the block
-            with runtime.cpu_runtime():
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), runtime.cpu_runtime():  # an error inside still closes the block
+            raise RuntimeError("boom")
         assert runtime._DEPTH == 0 and torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
