@@ -29,14 +29,23 @@ genes get a prediction: the information grndiff gets) and ``split_half`` (the ce
 records its wall seconds (``train_seconds``: fit + predict). Metrics as
 ``_protocol.score_perturbation``.
 
+Every method can also be scored by cell-eval (Arc Institute's evaluator,
+``benchmarks/peers/celleval.py``): ``--pred-dir DIR`` writes the seed-0 prediction of every row
+(grndiff rows and the baselines but ``split_half``) as ``DIR/pred_<method>_<knock-out>.h5ad``, and
+``--celleval`` scores them after the run, one cell-eval run per method (all control cells and the
+method's knock-outs in one context), adding records ``celleval_<metric>`` per knock-out, averaged
+into ``all`` / ``strong`` like every other metric.
+
 Usage::
 
     python benchmarks/knockouts.py                   # full run (2 worker processes)
     python benchmarks/knockouts.py --quick           # CI smoke run, results under a temp dir
+    python benchmarks/knockouts.py --pred-dir DIR --celleval   # + cell-eval (bash benchmarks/peers/setup.sh celleval)
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 
@@ -57,6 +66,19 @@ VARIANTS = {  # name → (prior, source)
     "grndiff_collectri": ("collectri", "auto"),
     "grndiff_omnipath": ("omnipath_signaling", "auto"),
 }
+BASELINES = ("no_change", "mean_shift", "linear", "linear_graph")  # the rows --pred-dir writes besides grndiff's
+
+
+def write_prediction(pred_dir, method: str, ko: str, pred, ctrl_obs: pd.DataFrame, genes) -> None:
+    """Write one seed-0 prediction, ``pred`` (n_ctrl, G) log1p, to ``pred_dir/pred_<method>_<ko>.h5ad``
+    (float32, ``obs`` = the transported control cells', ``var_names`` = ``genes``); returns nothing."""
+    from peers._common import write_pred  # benchmarks/peers/ (a namespace package here)
+    write_pred(pred_dir, method, ko, proto.dense(pred), ctrl_obs, genes)
+
+
+def pred_methods(variants) -> list[str]:
+    """Every row ``--pred-dir`` writes files for: the baselines, then each variant and its ``_flow`` row."""
+    return list(BASELINES) + [r for v in variants for r in (v, f"{v}_flow")]
 
 
 def papalexi_all(quick_cells: int | None = None):
@@ -124,6 +146,8 @@ def run_job(job: dict) -> list[dict]:
         for row, pred in _predictions(model, ctrl_ad, {"perturbation": p}, name, job["n_steps"], True).items():
             m = proto.score_perturbation(recs, "papalexi2021", row, seed, p, proto.dense(pred.X), X[lab == p],
                                    X[lab == "control"], pca)
+            if job.get("pred_dir") and seed == 0:
+                write_prediction(job["pred_dir"], row, p, pred.X, ctrl_ad.obs, adata.var_names)
             vals.setdefault(row, []).append(m["pearson_delta_top20"])
     secs = time.perf_counter() - t0
     for row in vals:
@@ -144,6 +168,7 @@ def baselines(args, records) -> tuple[list, list]:
     kos = sorted(set(lab) - {"control"})
     folds = papalexi_folds(kos, 2 if args.quick else 5)[: (1 if args.quick else None)]
     ctrl = X[lab == "control"]
+    ctrl_obs = adata.obs[lab == "control"]
     emb = graph_gene_embedding(gd.priors.combine(UNION), dim=10)
     emb = emb.reindex(emb.index.union(pd.Index(kos)), fill_value=0.0)  # a gene outside the prior: no graph signal
     for f, held_out in enumerate(folds):
@@ -165,13 +190,14 @@ def baselines(args, records) -> tuple[list, list]:
             records.append(record("papalexi2021", method, "train_seconds", secs, seed=0, group=f"fold{f}"))
         for p in held_out:
             true = X[lab == p]
-            proto.score_perturbation(records, "papalexi2021", "no_change", 0, p, ctrl, true, ctrl, pca)
-            proto.score_perturbation(records, "papalexi2021", "mean_shift", 0, p, ms.predict(ctrl), true, ctrl, pca)
+            preds = {"no_change": ctrl, "mean_shift": ms.predict(ctrl)}
             if p in set(genes):
-                proto.score_perturbation(records, "papalexi2021", "linear", 0, p, ctrl + lin.predict(p), true, ctrl,
-                                         pca)
-            proto.score_perturbation(records, "papalexi2021", "linear_graph", 0, p, ctrl + lin_g.predict(p), true,
-                                     ctrl, pca)
+                preds["linear"] = ctrl + lin.predict(p)
+            preds["linear_graph"] = ctrl + lin_g.predict(p)
+            for method, pred in preds.items():
+                proto.score_perturbation(records, "papalexi2021", method, 0, p, pred, true, ctrl, pca)
+                if args.pred_dir:
+                    write_prediction(args.pred_dir, method, p, pred, ctrl_obs, genes)
             proto.score_ceiling(records, "papalexi2021", 0, p, true, ctrl, pca)
     return folds, kos
 
@@ -190,9 +216,20 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=None, help="grndiff jobs not started by then are skipped")
     ap.add_argument("--skip-unnamed", action="store_true",
                     help="score a variant on the knock-outs its prior names (instead of refusing it)")
+    ap.add_argument("--pred-dir", default=None,
+                    help="write every row's seed-0 predictions here (pred_<method>_<knock-out>.h5ad, log1p)")
+    ap.add_argument("--celleval", action="store_true",
+                    help="after the run, also score every row's predictions with cell-eval (benchmarks/peers/"
+                         "celleval.py; files in --pred-dir, else in a temporary folder removed afterwards)")
     ap.add_argument("--name", default="knockouts")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
+    if args.celleval:  # before any work: the judge must be installed
+        from peers.celleval import celleval_exe
+        try:
+            celleval_exe()
+        except FileNotFoundError as e:
+            ap.error(f"--celleval: {e}")
     proto.quiet()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -212,12 +249,15 @@ def main(argv=None):
         net = {"hidden": 8, "depth": 1, "token_depth": 1}
         variants = variants[:2]
         out_dir = out_dir or tempfile.mkdtemp(prefix="grndiff-knockouts-")
+    tmp_pred = args.celleval and not args.pred_dir
+    if tmp_pred:
+        args.pred_dir = tempfile.mkdtemp(prefix="grndiff-knockouts-pred-")
     records: list[dict] = []
     skipped: list[str] = []
     t_start = time.perf_counter()
     folds, kos = baselines(args, records)
     common = {"quick_cells": args.quick_cells, "net": net, "n_steps": args.n_steps, "pred_cells": args.pred_cells,
-              "steps": args.steps}
+              "steps": args.steps, "pred_dir": args.pred_dir}
     # fold-major: a run cut short keeps each fold's variants side by side
     jobs = [{**common, "method": v, "seed": s, "fold": f, "fold_kos": held_out, "skip_kos": unscored.get(v, [])}
             for s in seeds for f, held_out in enumerate(folds) for v in variants]
@@ -236,6 +276,10 @@ def main(argv=None):
         config = {"steps": args.steps, "seeds": seeds, "euler_steps": args.n_steps, "pred_cells": args.pred_cells,
                   "variants": variants, "jobs": args.jobs, "net": net or "defaults", "quick": args.quick,
                   "knockouts": kos, "folds": folds}
+        if args.pred_dir and not tmp_pred:
+            config["pred_dir"] = args.pred_dir
+        if args.celleval:
+            config["celleval"] = True
         notes = ["each worker process: torch.set_num_threads(1); the machine ran other jobs beside this one",
                  f"left out (gene in neither the data nor CollecTRI ∪ OmniPath): {dropped}",
                  "train_seconds: wall seconds of fit + prediction of the fold (grndiff: per model; both rows of a "
@@ -243,7 +287,12 @@ def main(argv=None):
                  "linear needs the perturbed gene's PCA row: measured knock-outs only; linear_graph embeds every "
                  "prior gene (spectral embedding of the union prior, 10 dimensions; a knocked-out gene outside the "
                  "prior gets the zero row: the mean change)",
-                 "group 'strong' = IFNGR1, IFNGR2, JAK2, STAT1, IRF1"] + [
+                 "group 'strong' = IFNGR1, IFNGR2, JAK2, STAT1, IRF1"] + ([
+                     "celleval_*: cell-eval (benchmarks/peers/celleval.py, profile full) on each row's seed-0 "
+                     "predictions, one run per method: all control cells and the knock-outs the method predicted in "
+                     "one context, predicted values clipped at 0 for cell-eval only; discrimination_score_l1 ranks "
+                     "among the knock-outs that method predicted (linear: measured ones only)"]
+                     if args.celleval else []) + [
                      f"{v} neither trains on nor scores {m} (--skip-unnamed: not measured, not in its prior); group "
                      "'scored_by_all' averages every method over the knock-outs every variant scores"
                      for v, m in unscored.items()] + _summary(recs) + (
@@ -255,6 +304,20 @@ def main(argv=None):
     print(f"[{time.perf_counter() - t_start:5.0f}s] baselines done; {len(jobs)} grndiff jobs on {args.jobs} workers",
           flush=True)
     run_jobs(run_job, jobs, args.jobs, args.max_minutes, records, skipped, save)
+    if args.celleval:  # the independent judge on every row's prediction files
+        from peers.celleval import knockout_celleval_records
+        adata = papalexi_all(args.quick_cells)
+        t0 = time.perf_counter()
+        X, lab = proto.log_expression(adata), adata.obs["perturbation"].astype(str).to_numpy()
+        scored: dict[str, list[str]] = {}  # the files of this run only (not those of a job --max-minutes skipped)
+        for r in records:
+            if r["metric"] == "pearson_delta_top20" and r["seed"] == 0 and r["group"] in set(groups):
+                scored.setdefault(r["method"], []).append(r["group"])
+        for m in (m for m in pred_methods(variants) if m in scored):
+            records += knockout_celleval_records(args.pred_dir, X, lab, adata.var_names, [m], kos=scored[m])
+        print(f"[{time.perf_counter() - t_start:5.0f}s] cell-eval done ({time.perf_counter() - t0:.0f}s)", flush=True)
+        if tmp_pred:
+            shutil.rmtree(args.pred_dir, ignore_errors=True)
     return finish(save, t_start, _summary)
 
 

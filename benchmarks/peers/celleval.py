@@ -21,6 +21,14 @@ produce a few) are clipped to 0 *for the judge only*; grndiff's scorer sees them
 Metrics: ``--profile full`` by default; :func:`celleval_records` returns the headline ones
 (:data:`HEADLINE`) as tidy records named ``celleval_<metric>``.
 
+The Papalexi knock-outs (``benchmarks/knockouts.py --pred-dir DIR --celleval``) use the other layout
+cell-eval knows, many perturbations in one context (no ``--celltype-col``):
+:func:`build_knockout_layout` writes ``real.h5ad`` (the control cells and the real cells of every
+knock-out the method predicted, ``obs["perturbation"]``) and ``pred.h5ad`` (the same control cells
+and the predicted cells of each knock-out); cell-eval then writes one ``results.csv`` with a row
+per knock-out, which :func:`knockout_celleval_records` reads (:data:`KO_HEADLINE`: the headline
+metrics plus ``discrimination_score_l1``, meaningful among many perturbations).
+
 Runs in any environment with numpy, pandas and anndata (grndiff's included).
 """
 from __future__ import annotations
@@ -49,6 +57,11 @@ PERT_COL, CTRL_PERT, CELLTYPE_COL = "condition", C.CTRL, "cell_type"
 #: and ``de_nsig_counts_*`` (counts, not scores).
 HEADLINE = ("pearson_delta", "mse", "mae", "overlap_at_N", "precision_at_N", "de_spearman_lfc_sig",
             "de_direction_match", "de_sig_genes_recall")
+#: knock-outs: many perturbations share one context, so ``discrimination_score_l1`` (how highly a
+#: predicted knock-out ranks its own real profile among those of the knock-outs the method
+#: predicted, by L1 distance) measures something.
+KO_HEADLINE = HEADLINE + ("discrimination_score_l1",)
+KO_DATASET, KO_PERT_COL, KO_CONTROL = "papalexi2021", "perturbation", "control"
 
 
 def celleval_exe() -> str:
@@ -59,13 +72,14 @@ def celleval_exe() -> str:
     return exe
 
 
-def _record(method, metric, value, group):
+def _record(method, metric, value, group, dataset: str = "kang2018") -> dict:
+    """One tidy record ``{dataset, method, seed: 0, group, metric, value}`` (non-finite value: None)."""
     try:
         from _results import record
-        return record("kang2018", method, metric, value, seed=0, group=group)
+        return record(dataset, method, metric, value, seed=0, group=group)
     except ImportError:  # pragma: no cover - _results is stdlib-only, always importable here
         v = None if value is None or not np.isfinite(value) else float(value)
-        return {"dataset": "kang2018", "method": method, "seed": 0, "group": group, "metric": metric, "value": v}
+        return {"dataset": dataset, "method": method, "seed": 0, "group": group, "metric": metric, "value": v}
 
 
 def _read_pred(path, genes) -> np.ndarray:
@@ -113,29 +127,50 @@ def build_layout(pred_dir, method: str, work) -> tuple[Path, Path, list[str]] | 
     return real_path, pred_path, types
 
 
-def run_celleval(real_path, pred_path, outdir, profile: str = "full", timeout: int = 1800) -> None:
-    cmd = [celleval_exe(), "run", "-ap", str(pred_path), "-ar", str(real_path), "--pert-col", PERT_COL,
-           "--control-pert", CTRL_PERT, "--celltype-col", CELLTYPE_COL, "--profile", profile,
-           "--num-threads", "1", "-o", str(outdir)]
+def run_celleval(real_path, pred_path, outdir, profile: str = "full", timeout: int = 1800, *,
+                 pert_col: str = PERT_COL, control: str = CTRL_PERT, celltype_col: str | None = CELLTYPE_COL) -> None:
+    """``cell-eval run`` on the two files, one thread, its output under ``outdir`` (``results.csv``
+    with ``celltype_col=None``, else ``<cell type>_results.csv`` per cell type); returns nothing,
+    raises RuntimeError with cell-eval's stderr when it fails."""
+    cmd = [celleval_exe(), "run", "-ap", str(pred_path), "-ar", str(real_path), "--pert-col", pert_col,
+           "--control-pert", control, "--profile", profile, "--num-threads", "1", "-o", str(outdir)]
+    if celltype_col is not None:
+        cmd += ["--celltype-col", celltype_col]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"cell-eval failed ({res.returncode}):\n{res.stderr[-3000:]}")
 
 
-def _results_csv(outdir, T) -> Path:
-    return Path(outdir) / f"{C.safe(T)}_results.csv"
+def _results_csv(outdir, T=None) -> Path:
+    """cell-eval's per-perturbation table: ``<T>_results.csv`` for cell type T of ``--celltype-col``,
+    ``results.csv`` for a run without one (``T=None``)."""
+    return Path(outdir) / ("results.csv" if T is None else f"{C.safe(T)}_results.csv")
 
 
-def parse_results(outdir, types, method, metrics=HEADLINE) -> list[dict]:
-    """Per-type rows of cell-eval's results (``<celltype>_results.csv``, one row: ``stim``)."""
+def parse_results(outdir, groups, method, metrics=HEADLINE, *, by: str = "celltype",
+                  dataset: str = "kang2018") -> list[dict]:
+    """Records ``celleval_<metric>`` (one per metric of ``metrics`` that cell-eval wrote, NaN → None)
+    for each group of ``groups``, read from cell-eval's output in ``outdir``:
+
+    - ``by="celltype"`` (Kang): a group is a cell type, read from ``<group>_results.csv``, row ``stim``;
+    - ``by="perturbation"`` (knock-outs): a group is a perturbation, read from the row of that
+      perturbation in ``results.csv``.
+
+    A group without its file or row gets no records."""
+    if by not in ("celltype", "perturbation"):
+        raise ValueError(f"by must be 'celltype' or 'perturbation', not {by!r}")
+    tables: dict[Path, list[dict]] = {}
     recs = []
-    for T in types:
-        path = _results_csv(outdir, T)
-        if not path.exists():
-            continue
-        with open(path) as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("perturbation", C.STIM) == C.STIM]
+    for g in groups:
+        path, pert = (_results_csv(outdir, g), C.STIM) if by == "celltype" else (_results_csv(outdir), str(g))
+        if path not in tables:
+            if not path.exists():
+                tables[path] = []
+            else:
+                with open(path) as fh:
+                    tables[path] = list(csv.DictReader(fh))
+        rows = [r for r in tables[path] if r.get("perturbation", pert) == pert]
         for r in rows[:1]:
             for m in metrics:
                 if m in r and r[m] not in ("", None):
@@ -143,7 +178,7 @@ def parse_results(outdir, types, method, metrics=HEADLINE) -> list[dict]:
                         v = float(r[m])
                     except ValueError:
                         continue
-                    recs.append(_record(method, f"celleval_{m}", v, T))
+                    recs.append(_record(method, f"celleval_{m}", v, g, dataset=dataset))
     return recs
 
 
@@ -169,6 +204,76 @@ def celleval_records(pred_dir, methods=METHODS, profile: str = "full", keep_dir=
                     if r["value"] is not None:
                         by_metric.setdefault(r["metric"], []).append(r["value"])
                 recs += [_record(m, k, float(np.mean(v)), "all") for k, v in by_metric.items()]
+    return recs
+
+
+def build_knockout_layout(X, labels, pred: dict, genes, work,
+                          control: str = KO_CONTROL) -> tuple[Path, Path, list[str]]:
+    """Write ``work/real.h5ad`` and ``work/pred.h5ad`` for one method's knock-out predictions.
+
+    ``X`` (N, G) log1p expression of the real cells, ``labels`` (N,) their perturbation (``control``
+    for the control cells), ``pred`` ``{knock-out: (n_k, G) predicted cells}``, ``genes`` (G,) names.
+    ``real.h5ad``: the control cells, then the real cells of each knock-out in ``pred``;
+    ``pred.h5ad``: the same control cells, then each knock-out's predicted cells clipped at 0 (cell-eval
+    refuses negatives; the clip is for the judge only). Both: float32 ``X``, ``obs["perturbation"]``,
+    ``var_names`` = ``genes``, one context (no cell-type column). Returns (real path, pred path, the
+    knock-outs written, in ``pred``'s order)."""
+    import anndata as ad
+    import pandas as pd
+    X, labels, genes = np.asarray(X), np.asarray(labels).astype(str), [str(g) for g in genes]
+    if X.shape != (labels.size, len(genes)):
+        raise ValueError(f"X has shape {X.shape}, expected {(labels.size, len(genes))}")
+    kos = [str(k) for k in pred]
+    bad = [k for k in kos if k == control or not np.any(labels == k)]
+    if bad:
+        raise ValueError(f"predicted knock-outs without real cells: {bad}")
+    is_ctrl = labels == control
+    if not is_ctrl.any():
+        raise ValueError(f"no cell is labelled {control!r}")
+    ctrl_names = [f"ctrl{i}" for i in range(int(is_ctrl.sum()))]
+    rows = [np.flatnonzero(is_ctrl)] + [np.flatnonzero(labels == k) for k in kos]
+    real_rows = np.concatenate(rows)
+    real_obs = pd.DataFrame({KO_PERT_COL: labels[real_rows]},
+                            index=ctrl_names + [f"real{i}" for i in range(real_rows.size - len(ctrl_names))])
+    pred_X, pred_obs = [X[is_ctrl]], [pd.DataFrame({KO_PERT_COL: control}, index=ctrl_names)]
+    for k, p in pred.items():
+        p = np.asarray(p, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != len(genes) or not p.shape[0]:
+            raise ValueError(f"{k}: prediction has shape {p.shape}, expected (cells > 0, {len(genes)})")
+        pred_X.append(np.clip(p, 0.0, None))  # cell-eval: no negatives
+        pred_obs.append(pd.DataFrame({KO_PERT_COL: str(k)}, index=[f"pred{i}-{C.safe(k)}" for i in range(len(p))]))
+    var = pd.DataFrame(index=pd.Index(genes))
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    real_path, pred_path = work / "real.h5ad", work / "pred.h5ad"
+    ad.AnnData(X=X[real_rows].astype(np.float32), obs=real_obs, var=var).write_h5ad(real_path)
+    ad.AnnData(X=np.vstack(pred_X).astype(np.float32), obs=pd.concat(pred_obs), var=var).write_h5ad(pred_path)
+    return real_path, pred_path, kos
+
+
+def knockout_celleval_records(pred_dir, X, labels, genes, methods, kos=None, profile: str = "full",
+                              keep_dir=None, control: str = KO_CONTROL, dataset: str = KO_DATASET) -> list[dict]:
+    """cell-eval's :data:`KO_HEADLINE` metrics for every method's knock-out predictions in ``pred_dir``
+    (``pred_<method>_<knock-out>.h5ad``, as ``_common.write_pred`` writes them), against the real
+    cells ``X`` (N, G) log1p with ``labels`` (N,) and ``genes`` (G,): one cell-eval run per method over
+    the knock-outs of ``kos`` (default: every label but ``control``) it has a file for. Returns tidy
+    records ``{dataset, method, seed: 0, group: <knock-out>, metric: 'celleval_<name>', value}`` (no
+    averages: the caller averages over its groups). ``keep_dir``: keep each method's files and
+    cell-eval's output in ``keep_dir/<method>``."""
+    labels = np.asarray(labels).astype(str)
+    kos = sorted(set(labels) - {control}) if kos is None else [str(k) for k in kos]
+    recs: list[dict] = []
+    for m in methods:
+        found = [k for k in kos if C.pred_path(pred_dir, m, k).exists()]
+        if not found:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"celleval-{m}-") as tmp:
+            work = Path(keep_dir) / m if keep_dir else Path(tmp)
+            pred = {k: _read_pred(C.pred_path(pred_dir, m, k), genes) for k in found}
+            real_path, pred_path, found = build_knockout_layout(X, labels, pred, genes, work, control=control)
+            run_celleval(real_path, pred_path, work / "out", profile=profile, pert_col=KO_PERT_COL, control=control,
+                         celltype_col=None)
+            recs += parse_results(work / "out", found, m, KO_HEADLINE, by="perturbation", dataset=dataset)
     return recs
 
 
