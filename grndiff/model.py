@@ -184,7 +184,7 @@ class GRNDiff(TokenReadout):
               precision: Any = None, seed: int | None = None, progress_bar: bool = True, logger: Any = False,
               default_root_dir: str | None = None, enable_checkpointing: bool = False, callbacks=None,
               adata: ad.AnnData | None = None, verbose: bool = False, gate: bool | str = "auto",
-              gate_fraction: float = 0.2, early_stopping: bool = True, check_every: int = 50, patience: int = 3,
+              gate_fraction: float = 0.2, early_stopping: bool = True, check_every: int = 25, patience: int = 2,
               compile: bool | None = None, **trainer_kwargs) -> GRNDiff:
         """Train with Lightning (CPU or GPU, ``accelerator="auto"``).
 
@@ -202,7 +202,9 @@ class GRNDiff(TokenReadout):
         the hidden groups; training stops once ``patience`` checks in a row have not beaten the best
         so far — which starts at the transport's own score, so a network that does not add to its
         starting point stops early — and the network of the best check is kept
-        (``model.gate_["checks"]``, ``["best_step"]``, ``["stopped_step"]``).
+        (``model.gate_["checks"]``, ``["best_step"]``, ``["stopped_step"]``). The default schedule
+        (every 25 steps, patience 2: at least 50 steps) scored as the former 50 / 3 on Kang and
+        Papalexi in a third of the time (``benchmarks/results/perturbation_es_schedule.md``).
 
         ``precision`` (Lightning's: ``None``/``"32-true"`` float32; ``"bf16"``/``"bf16-mixed"``
         bfloat16 autocast, weights and optimizer state in float32) and ``compile`` (the blocks'
