@@ -30,7 +30,7 @@ class ScoreStopping(L.Callback):
     baseline, the last weights are kept. ``checks`` lists ``{"step", "score"}`` per check.
     """
 
-    def __init__(self, score, every: int = 25, patience: int = 2, baseline: float = float("-inf"),
+    def __init__(self, score, every: int = 25, patience: int = 3, baseline: float = float("-inf"),
                  min_delta: float = 1e-3):
         if int(every) < 1 or int(patience) < 1:
             raise ValueError(f"every and patience must be ≥ 1, got {every} and {patience}")
