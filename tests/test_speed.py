@@ -124,11 +124,9 @@ def test_cpu_runtime_uses_every_free_core_unless_the_user_chose(monkeypatch):
         assert torch.get_num_threads() == before
 
 
-def test_freed_memory_is_kept_only_for_models_below_the_checkpoint_size(monkeypatch):
-    """The heap policy (no fresh mmap per large tensor) fragments memory on large models: it is
-    chosen by the size of one 64-cell node-state tensor, the same size that turns checkpointing on."""
-    from grndiff.nn import GRNTransformer
-
+def _fake_libc(monkeypatch) -> list:
+    """Replace glibc for :mod:`grndiff.train.runtime` by a recorder; returns the list of its calls
+    (``(param, value)`` per ``mallopt``, ``("trim", pad)`` per ``malloc_trim``)."""
     calls = []
 
     class FakeLibc:
@@ -139,6 +137,15 @@ def test_freed_memory_is_kept_only_for_models_below_the_checkpoint_size(monkeypa
             calls.append(("trim", pad))
 
     monkeypatch.setattr(runtime, "_libc", lambda: FakeLibc())
+    return calls
+
+
+def test_freed_memory_is_kept_only_for_models_below_the_checkpoint_size(monkeypatch):
+    """The heap policy (no fresh mmap per large tensor) fragments memory on large models: it is
+    chosen by the size of one 64-cell node-state tensor, the same size that turns checkpointing on."""
+    from grndiff.nn import GRNTransformer
+
+    calls = _fake_libc(monkeypatch)
     assert runtime.KEEP_FREED_MAX_VALUES == GRNTransformer.checkpoint_above
     seen = []
 
@@ -164,16 +171,7 @@ def test_a_nested_runtime_block_keeps_the_outer_settings(monkeypatch):
     """``train`` calls ``predict`` (the validation gate): the inner block must not put glibc's
     defaults or the thread count back while the outer one runs — that put every later training
     step on fresh pages (2.3× the step time on Kang)."""
-    calls = []
-
-    class FakeLibc:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-
-        def malloc_trim(self, pad):
-            calls.append(("trim", pad))
-
-    monkeypatch.setattr(runtime, "_libc", lambda: FakeLibc())
+    calls = _fake_libc(monkeypatch)
     monkeypatch.setattr(runtime, "default_threads", lambda: 3)
     before = torch.get_num_threads()
     try:

@@ -93,10 +93,24 @@ def _read_pred(path, genes) -> np.ndarray:
     return C.dense(a.X)
 
 
+def _write_pair(work, genes, real_X, real_obs, pred_X: list, pred_obs: list) -> tuple[Path, Path]:
+    """Write ``work/real.h5ad`` (``real_X`` with ``real_obs``) and ``work/pred.h5ad`` (the row blocks
+    ``pred_X`` stacked, with ``pred_obs`` concatenated), float32, ``var_names`` = ``genes``; returns
+    their paths."""
+    import anndata as ad
+    import pandas as pd
+    var = pd.DataFrame(index=pd.Index(genes))
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    real_path, pred_path = work / "real.h5ad", work / "pred.h5ad"
+    ad.AnnData(X=np.asarray(real_X, dtype=np.float32), obs=real_obs, var=var).write_h5ad(real_path)
+    ad.AnnData(X=np.vstack(pred_X).astype(np.float32), obs=pd.concat(pred_obs), var=var).write_h5ad(pred_path)
+    return real_path, pred_path
+
+
 def build_layout(pred_dir, method: str, work) -> tuple[Path, Path, list[str]] | None:
     """Write ``work/real.h5ad`` and ``work/pred.h5ad`` for ``method``; returns their paths and the
     cell types covered (None when the method has no Kang prediction file)."""
-    import anndata as ad
     import pandas as pd
     a = C.load_kang()
     X = C.log1p_cp10k(a.layers["counts"])
@@ -118,13 +132,7 @@ def build_layout(pred_dir, method: str, work) -> tuple[Path, Path, list[str]] | 
     real_obs = pd.DataFrame({PERT_COL: a.obs[PERT_COL].astype(str).to_numpy()[rows],
                              CELLTYPE_COL: [C.safe(t) for t in a.obs["cell_type"].astype(str).to_numpy()[rows]]},
                             index=a.obs_names[rows])
-    var = pd.DataFrame(index=pd.Index(genes))
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    real_path, pred_path = work / "real.h5ad", work / "pred.h5ad"
-    ad.AnnData(X=X[rows].astype(np.float32), obs=real_obs, var=var).write_h5ad(real_path)
-    ad.AnnData(X=np.vstack(pred_X).astype(np.float32), obs=pd.concat(pred_obs), var=var).write_h5ad(pred_path)
-    return real_path, pred_path, types
+    return (*_write_pair(work, genes, X[rows], real_obs, pred_X, pred_obs), types)
 
 
 def run_celleval(real_path, pred_path, outdir, profile: str = "full", timeout: int = 1800, *,
@@ -218,7 +226,6 @@ def build_knockout_layout(X, labels, pred: dict, genes, work,
     refuses negatives; the clip is for the judge only). Both: float32 ``X``, ``obs["perturbation"]``,
     ``var_names`` = ``genes``, one context (no cell-type column). Returns (real path, pred path, the
     knock-outs written, in ``pred``'s order)."""
-    import anndata as ad
     import pandas as pd
     X, labels, genes = np.asarray(X), np.asarray(labels).astype(str), [str(g) for g in genes]
     if X.shape != (labels.size, len(genes)):
@@ -242,13 +249,7 @@ def build_knockout_layout(X, labels, pred: dict, genes, work,
             raise ValueError(f"{k}: prediction has shape {p.shape}, expected (cells > 0, {len(genes)})")
         pred_X.append(np.clip(p, 0.0, None))  # cell-eval: no negatives
         pred_obs.append(pd.DataFrame({KO_PERT_COL: str(k)}, index=[f"pred{i}-{C.safe(k)}" for i in range(len(p))]))
-    var = pd.DataFrame(index=pd.Index(genes))
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    real_path, pred_path = work / "real.h5ad", work / "pred.h5ad"
-    ad.AnnData(X=X[real_rows].astype(np.float32), obs=real_obs, var=var).write_h5ad(real_path)
-    ad.AnnData(X=np.vstack(pred_X).astype(np.float32), obs=pd.concat(pred_obs), var=var).write_h5ad(pred_path)
-    return real_path, pred_path, kos
+    return (*_write_pair(work, genes, X[real_rows], real_obs, pred_X, pred_obs), kos)
 
 
 def knockout_celleval_records(pred_dir, X, labels, genes, methods, kos=None, profile: str = "full",
